@@ -1,0 +1,104 @@
+"""The denoiser contract: every model family, wrapped once, maps (x_t, noise level) to a :class:`Prediction`.
+
+A denoiser is called as ``denoiser(x_t, level, **model_kwargs)`` where ``level`` is a
+:class:`~guided_diffusion.timesteps.NoiseLevel` (x_t = alpha * x0 + sigma * eps). It computes the model's own
+time input inside (``model_time``), runs the network, and returns predictions of x0 and eps (plus the raw
+learned-variance channels where the model has them). Samplers and guidance only see this interface, so a new
+model family needs one wrapper and a new sampler works with every family and every guidance method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+from ..timesteps import NoiseLevel, TimeUnit
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a denoiser says about x_t: consistent estimates of x0 and eps, and optionally a learned variance.
+
+    ``var_values`` holds the model's variance channels as output: a log-variance when ``var_kind`` is
+    "learned", or v in [-1, 1] interpolating between the posterior and the prior log-variance when it is
+    "learned_range" (ADM / improved DDPM).
+    """
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    var_values: Optional[torch.Tensor] = None
+    var_kind: Optional[str] = None
+
+    @staticmethod
+    def from_eps(x: torch.Tensor, level: NoiseLevel, eps: torch.Tensor, **extra) -> "Prediction":
+        """x0 = x / alpha - eps * sigma / alpha (coefficients in float64, then cast)."""
+        x0 = x * level.coefficient(1.0 / level.alpha, x) - eps * level.coefficient(level.sigma / level.alpha, x)
+        return Prediction(x0=x0, eps=eps, **extra)
+
+    @staticmethod
+    def from_x0(x: torch.Tensor, level: NoiseLevel, x0: torch.Tensor, **extra) -> "Prediction":
+        """eps = (x / alpha - x0) / (sigma / alpha)."""
+        eps = (x * level.coefficient(1.0 / level.alpha, x) - x0) / level.coefficient(level.sigma / level.alpha, x)
+        return Prediction(x0=x0, eps=eps, **extra)
+
+    @staticmethod
+    def from_v(x: torch.Tensor, level: NoiseLevel, v: torch.Tensor, **extra) -> "Prediction":
+        """v = alpha * eps - sigma * x0 with alpha^2 + sigma^2 = 1: x0 = alpha x - sigma v, eps = sigma x + alpha v."""
+        a, s = level.coefficient(level.alpha, x), level.coefficient(level.sigma, x)
+        return Prediction(x0=a * x - s * v, eps=s * x + a * v, **extra)
+
+    def with_x0(self, x: torch.Tensor, level: NoiseLevel, x0: torch.Tensor) -> "Prediction":
+        """The same prediction with x0 replaced and eps re-derived from it (e.g. after clipping)."""
+        return Prediction.from_x0(x, level, x0, var_values=self.var_values, var_kind=self.var_kind)
+
+    def with_eps(self, x: torch.Tensor, level: NoiseLevel, eps: torch.Tensor) -> "Prediction":
+        """The same prediction with eps replaced and x0 re-derived from it (e.g. after a score shift)."""
+        return Prediction.from_eps(x, level, eps, var_values=self.var_values, var_kind=self.var_kind)
+
+    def map(self, fn) -> "Prediction":
+        """Apply ``fn`` to every tensor field (used to combine predictions linearly)."""
+        return replace(self, x0=fn(self.x0), eps=fn(self.eps),
+                       var_values=None if self.var_values is None else fn(self.var_values))
+
+
+class Denoiser(ABC):
+    """Base of all denoisers: a callable ``(x, level, **model_kwargs) -> Prediction``.
+
+    ``prediction_type`` names what the network outputs (eps, x0, v, edm, prev_x); ``time_unit`` names the
+    unit of ``level.t`` it expects.
+    """
+
+    prediction_type: str = "eps"
+    time_unit: TimeUnit = TimeUnit.TRAIN_INDEX
+
+    def model_time(self, level: NoiseLevel) -> torch.Tensor:
+        """The time input the network (and any ADM-style cond_fn) receives at this level."""
+        return level.t
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> Prediction:
+        """Predict x0 and eps from x_t at ``level``."""
+
+
+class DenoiserWrapper(Denoiser):
+    """A denoiser that modifies another one (guidance, feature injection ...); delegates its time input."""
+
+    def __init__(self, inner: Denoiser):
+        self.inner = inner
+
+    @property
+    def prediction_type(self) -> str:  # type: ignore[override]
+        return self.inner.prediction_type
+
+    @property
+    def time_unit(self) -> TimeUnit:  # type: ignore[override]
+        return self.inner.time_unit
+
+    def model_time(self, level: NoiseLevel) -> torch.Tensor:
+        return self.inner.model_time(level)
+
+    def __call__(self, x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> Prediction:
+        return self.inner(x, level, **model_kwargs)

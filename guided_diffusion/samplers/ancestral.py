@@ -1,0 +1,87 @@
+"""Ancestral (DDPM) sampling over any denoiser: x_{s} ~ N(mean(x0, x_t), Sigma) step by step.
+
+The variance of each step is fixed (the posterior variance "fixed_small", or "fixed_large" = beta) or
+learned: the prediction then carries the model's variance channels and says how to read them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..denoisers import Denoiser, Prediction
+from ..trajectory import Trajectory
+from ..guidance.gradient import CondFn, shift_mean
+from .common import NoiseFn, last, predict, run_chain
+
+VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+
+
+def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajectory, index: torch.Tensor,
+                           variance: str = "fixed_large") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, variance and log-variance of p(x_{index-1} | x_index) given a prediction.
+
+    A learned variance in the prediction overrides ``variance``:
+    "learned" reads the channels as a log-variance; "learned_range" reads v in [-1, 1] and interpolates
+    log-variances between the clipped posterior variance (v = -1) and beta (v = 1).
+    """
+    kind = pred.var_kind or variance
+    if kind not in VARIANCES:
+        raise ValueError(f"unknown variance {kind!r}; choose one of {', '.join(VARIANCES)}")
+    if kind.startswith("learned") and pred.var_values is None:
+        raise ValueError(f"variance {kind!r} needs a model that outputs variance channels (learn_sigma)")
+    t = trajectory
+    mean = t.extract(t.posterior_mean_coef_x0, index, x) * pred.x0 + t.extract(t.posterior_mean_coef_xt, index, x) * x
+    if kind == "learned":
+        log_variance = pred.var_values
+        var = torch.exp(log_variance)
+    elif kind == "learned_range":
+        min_log = t.extract(t.posterior_log_variance_clipped, index, x)
+        max_log = t.extract(t.log_betas, index, x)
+        frac = (pred.var_values + 1) / 2
+        log_variance = frac * max_log + (1 - frac) * min_log
+        var = torch.exp(log_variance)
+    elif kind == "fixed_large":
+        var = t.extract(t.large_variance, index, x).expand_as(x)
+        log_variance = t.extract(t.log_large_variance, index, x).expand_as(x)
+    else:
+        var = t.extract(t.posterior_variance, index, x).expand_as(x)
+        log_variance = t.extract(t.posterior_log_variance_clipped, index, x).expand_as(x)
+    return mean, var, log_variance
+
+
+def ancestral_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, index: torch.Tensor, *,
+                   variance: str = "fixed_large", clip_denoised: bool = True,
+                   denoised_fn: Optional[Callable] = None, cond_fn: Optional[CondFn] = None,
+                   model_kwargs: Optional[dict] = None, noise_fn: Optional[NoiseFn] = None
+                   ) -> Dict[str, torch.Tensor]:
+    """One ancestral step from trajectory level ``index`` to ``index - 1`` (clean data after level 0).
+
+    With ``cond_fn`` the mean moves by variance * cond_fn(x, t) (ADM's classifier guidance). Noise is drawn
+    at every step, the last included (where it is multiplied by zero), so random streams match ADM's.
+    """
+    model_kwargs = model_kwargs or {}
+    level = trajectory.level(index)
+    pred = predict(denoiser, x, level, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                   model_kwargs=model_kwargs)
+    mean, var, log_variance = ancestral_distribution(pred, x, trajectory, index, variance)
+    noise = (noise_fn or torch.randn_like)(x)
+    if cond_fn is not None:
+        mean = shift_mean(mean, var, cond_fn(x, denoiser.model_time(level), **model_kwargs))
+    nonzero = (index != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    sample = mean + nonzero * torch.exp(0.5 * log_variance) * noise
+    return {"sample": sample, "pred_xstart": pred.x0, "mean": mean, "variance": var,
+            "log_variance": log_variance}
+
+
+def ancestral_loop(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, *, progress: bool = False,
+                   **step_kwargs) -> Iterator[Dict[str, torch.Tensor]]:
+    """Ancestral sampling from ``x`` at the noisiest level; yields every step's output dict."""
+    return run_chain(lambda xt, i: ancestral_step(denoiser, trajectory, xt, i, **step_kwargs),
+                     trajectory, x, progress=progress)
+
+
+def sample_ancestral(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Ancestral sampling from ``x``; returns the final sample. Takes ``ancestral_step``'s keywords."""
+    return last(ancestral_loop(denoiser, trajectory, x, **kwargs))

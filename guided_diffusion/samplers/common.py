@@ -1,0 +1,56 @@
+"""What every sampler shares: the guarded model call with x0 post-processing, and the step loop."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Iterator, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..denoisers import Denoiser, Prediction
+from ..trajectory import Trajectory
+from ..timesteps import NoiseLevel
+
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def predict(denoiser: Denoiser, x: torch.Tensor, level: NoiseLevel, *, clip_denoised: bool = True,
+            denoised_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            model_kwargs: Optional[dict] = None) -> Prediction:
+    """Call the denoiser, then post-process x0: ``denoised_fn`` first, then clamp to [-1, 1] when
+    ``clip_denoised``; eps is re-derived from the processed x0 so the prediction stays consistent."""
+    pred = denoiser(x, level, **(model_kwargs or {}))
+    if denoised_fn is None and not clip_denoised:
+        return pred
+    x0 = pred.x0 if denoised_fn is None else denoised_fn(pred.x0)
+    if clip_denoised:
+        x0 = x0.clamp(-1, 1)
+    return pred.with_x0(x, level, x0)
+
+
+def run_chain(step: Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]], trajectory: Trajectory,
+              x: torch.Tensor, *, indices: Optional[Iterable[int]] = None, progress: bool = False
+              ) -> Iterator[Dict[str, torch.Tensor]]:
+    """Apply ``step(x, index)`` over trajectory indices (default K-1 down to 0), yielding each step's output.
+
+    Each step runs under ``torch.no_grad()``; gradient guidance enables gradients inside itself.
+    """
+    if indices is None:
+        indices = range(len(trajectory) - 1, -1, -1)
+    indices = list(indices)
+    for i in tqdm(indices, disable=not progress, leave=False):
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        with torch.no_grad():
+            out = step(x, index)
+        yield out
+        x = out["sample"]
+
+
+def last(outputs: Iterator[Dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The final sample of a progressive loop."""
+    final = None
+    for final in outputs:
+        pass
+    if final is None:
+        raise ValueError("the sampling loop ran no steps")
+    return final["sample"]

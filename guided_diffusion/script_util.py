@@ -181,11 +181,8 @@ def create_model_and_diffusion(image_size=64, class_cond=False, learn_sigma=Fals
         use_scale_shift_norm=use_scale_shift_norm, dropout=dropout, resblock_updown=resblock_updown,
         use_fp16=use_fp16, use_new_attention_order=use_new_attention_order, num_classes=num_classes,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return model, diffusion
 
 
@@ -195,25 +192,27 @@ def create_model(image_size, num_channels, num_res_blocks, channel_mult="", lear
                  num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0, resblock_updown=False,
                  use_fp16=False, use_new_attention_order=False, num_classes=NUM_CLASSES) -> UNetModel:
     """The ADM UNet for RGB images (6 output channels when learn_sigma)."""
-    mult = parse_channel_mult(channel_mult, image_size)
-    return UNetModel(
+    return _rgb_unet(UNetModel, image_size, parse_channel_mult(channel_mult, image_size), num_channels,
+                     num_res_blocks, learn_sigma, class_cond, attention_resolutions, num_classes,
+                     use_checkpoint=use_checkpoint, num_heads=num_heads, num_head_channels=num_head_channels,
+                     num_heads_upsample=num_heads_upsample, use_scale_shift_norm=use_scale_shift_norm,
+                     dropout=dropout, resblock_updown=resblock_updown, use_fp16=use_fp16,
+                     use_new_attention_order=use_new_attention_order)
+
+
+def _rgb_unet(cls, image_size, mult, num_channels, num_res_blocks, learn_sigma, class_cond,
+              attention_resolutions, num_classes, **options):
+    """A UNet (or SuperResModel) on RGB data from ADM's flag conventions; ``options`` pass through."""
+    return cls(
         image_size=image_size,
         in_channels=3,
         model_channels=num_channels,
         out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks,
         attention_resolutions=parse_attention_resolutions(attention_resolutions, image_size, len(mult)),
-        dropout=dropout,
         channel_mult=mult,
         num_classes=num_classes if class_cond else None,
-        use_checkpoint=use_checkpoint,
-        use_fp16=use_fp16,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        resblock_updown=resblock_updown,
-        use_new_attention_order=use_new_attention_order,
+        **options,
     )
 
 
@@ -234,11 +233,8 @@ def create_classifier_and_diffusion(image_size=64, classifier_use_fp16=False, cl
         classifier_num_head_channels=classifier_num_head_channels,
         classifier_num_classes=classifier_num_classes,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return classifier, diffusion
 
 
@@ -281,11 +277,8 @@ def sr_create_model_and_diffusion(large_size=256, small_size=64, class_cond=Fals
         use_scale_shift_norm=use_scale_shift_norm, dropout=dropout, resblock_updown=resblock_updown,
         use_fp16=use_fp16, num_classes=num_classes,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return model, diffusion
 
 
@@ -298,24 +291,19 @@ def sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_
     if large_size not in sr_mult:
         raise ValueError(f"no super-resolution channel_mult for large_size {large_size} "
                          f"(supported: {sorted(sr_mult)})")
-    mult = sr_mult[large_size]
-    return SuperResModel(
-        image_size=large_size,
-        in_channels=3,
-        model_channels=num_channels,
-        out_channels=6 if learn_sigma else 3,
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=parse_attention_resolutions(attention_resolutions, large_size, len(mult)),
-        dropout=dropout,
-        channel_mult=mult,
-        num_classes=num_classes if class_cond else None,
-        use_checkpoint=use_checkpoint,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        resblock_updown=resblock_updown,
-        use_fp16=use_fp16,
+    return _rgb_unet(SuperResModel, large_size, sr_mult[large_size], num_channels, num_res_blocks, learn_sigma,
+                     class_cond, attention_resolutions, num_classes, use_checkpoint=use_checkpoint,
+                     num_heads=num_heads, num_head_channels=num_head_channels,
+                     num_heads_upsample=num_heads_upsample, use_scale_shift_norm=use_scale_shift_norm,
+                     dropout=dropout, resblock_updown=resblock_updown, use_fp16=use_fp16)
+
+
+def _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart, rescale_timesteps,
+                          rescale_learned_sigmas, timestep_respacing) -> SpacedDiffusion:
+    return create_gaussian_diffusion(
+        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
+        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
+        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
     )
 
 

@@ -61,8 +61,11 @@ class GaussianDiffusion:
         self.rescale_timesteps = rescale_timesteps
 
         betas = np.array(betas, dtype=np.float64)
-        if betas.ndim != 1 or np.any(betas <= 0) or np.any(betas > 1):
-            raise ValueError("betas must be a 1-D array with values in (0, 1]")
+        if betas.ndim != 1 or np.any(betas <= 0) or np.any(betas >= 1):
+            raise ValueError(
+                "betas must be a 1-D array with values in (0, 1); the linear schedule reaches beta >= 1 "
+                "below 21 diffusion steps: use more steps or the cosine schedule"
+            )
         self.betas = betas
         self.num_timesteps = len(betas)
         self.timestep_map = list(range(self.num_timesteps)) if timestep_map is None else list(timestep_map)

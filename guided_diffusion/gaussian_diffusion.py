@@ -1,0 +1,9 @@
+"""ADM import path: ``from guided_diffusion.gaussian_diffusion import GaussianDiffusion``."""
+
+from .diffusion.gaussian_diffusion import (  # noqa: F401
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+)
+from .diffusion.schedules import betas_for_alpha_bar, get_named_beta_schedule  # noqa: F401

@@ -1,0 +1,31 @@
+"""Shared test helpers: the golden-fixture folder and tiny model configurations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def fixtures_dir() -> Path:
+    """../shared/fixtures beside the checkout, or $GD_FIXTURES."""
+    env = os.environ.get("GD_FIXTURES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+def load_fixture(relative: str) -> dict:
+    """Load a golden fixture, skipping the test with a reason when the shared folder is absent."""
+    path = fixtures_dir() / relative
+    if not path.exists():
+        pytest.skip(f"golden fixture {path} not found (../shared/fixtures is absent; set GD_FIXTURES)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    yield

@@ -133,7 +133,7 @@ def parse_channel_mult(channel_mult, image_size: int) -> Tuple[float, ...]:
         try:
             mult = tuple(float(m) if "." in m else int(m) for m in str(channel_mult).split(","))
         except ValueError:
-            raise ValueError(f"channel_mult must be comma-separated numbers, got {channel_mult!r}")
+            raise ValueError(f"channel_mult must be comma-separated numbers, got {channel_mult!r}") from None
     factor = 2 ** (len(mult) - 1)
     if image_size % factor:
         raise ValueError(
@@ -151,7 +151,8 @@ def parse_attention_resolutions(attention_resolutions, image_size: int, levels: 
     try:
         resolutions = [int(r) for r in text.split(",")]
     except ValueError:
-        raise ValueError(f"attention_resolutions must be comma-separated ints, got {attention_resolutions!r}")
+        raise ValueError(
+            f"attention_resolutions must be comma-separated ints, got {attention_resolutions!r}") from None
     bad = [r for r in resolutions if r <= 0 or image_size % r]
     if bad:
         raise ValueError(f"attention resolutions {bad} do not divide image_size {image_size}")
@@ -159,7 +160,7 @@ def parse_attention_resolutions(attention_resolutions, image_size: int, levels: 
     unused = [r for r in resolutions if r not in reachable]
     if unused:
         warnings.warn(f"attention_resolutions {unused} are never reached by a {image_size}px UNet with "
-                      f"{levels} levels (resolutions {sorted(reachable, reverse=True)}); they are ignored")
+                      f"{levels} levels (resolutions {sorted(reachable, reverse=True)}); they are ignored", stacklevel=3)
     return tuple(image_size // r for r in resolutions)
 
 

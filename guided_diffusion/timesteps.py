@@ -42,15 +42,16 @@ class NoiseLevel:
     """One point x_t = alpha * x0 + sigma * eps of a trajectory, for a batch.
 
     ``alpha``, ``sigma`` are float64 tensors of shape (N,). ``t`` is the process's own time in ``unit``
-    (for discrete diffusion, the original train index). ``step``/``num_steps`` locate the level in a
-    sampler's schedule when there is one; ``num_train_steps`` is T for discrete processes.
+    (for discrete diffusion, the original train index). ``step`` (long tensor (N,)) and ``num_steps`` locate
+    the level in a sampler's schedule when there is one (step 0 is the noisiest); ``num_train_steps`` is T
+    for discrete processes. All tensors stay on the batch's device, so no conversion waits for the GPU.
     """
 
     alpha: torch.Tensor
     sigma: torch.Tensor
     t: torch.Tensor
     unit: TimeUnit = TimeUnit.TRAIN_INDEX
-    step: Optional[int] = None
+    step: Optional[torch.Tensor] = None
     num_steps: Optional[int] = None
     num_train_steps: Optional[int] = None
 
@@ -58,7 +59,8 @@ class NoiseLevel:
     def batch_size(self) -> int:
         return self.t.shape[0]
 
-    def coefficient(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def coefficient(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Cast a per-sample float64 coefficient to ``like``'s dtype and shape it to broadcast over it."""
         return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -74,8 +76,8 @@ class NoiseLevel:
         if unit in (TimeUnit.SAMPLING_STEP, TimeUnit.SAMPLING_FRACTION):
             if self.step is None:
                 raise ValueError(f"this level is not part of a sampling schedule: no {unit.value}")
-            value = float(self.step) if unit == TimeUnit.SAMPLING_STEP else self.step / self.num_steps
-            return torch.full_like(self.alpha, value)
+            step = self.step.double()
+            return step if unit == TimeUnit.SAMPLING_STEP else step / self.num_steps
         if self.num_train_steps is None:
             raise ValueError(f"cannot express a {self.unit.value} level in {unit.value}: no train steps")
         if self.unit == TimeUnit.TRAIN_INDEX and unit == TimeUnit.TIME:
@@ -86,7 +88,9 @@ class NoiseLevel:
 
     def repeat(self, n: int) -> "NoiseLevel":
         """The same levels for a batch repeated n times (e.g. conditional and unconditional halves)."""
-        return replace(self, alpha=self.alpha.repeat(n), sigma=self.sigma.repeat(n), t=self.t.repeat(n))
+        step = None if self.step is None else self.step.repeat(n)
+        return replace(self, alpha=self.alpha.repeat(n), sigma=self.sigma.repeat(n), t=self.t.repeat(n),
+                       step=step)
 
 
 @dataclass(frozen=True)

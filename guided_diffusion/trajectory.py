@@ -73,25 +73,31 @@ class Trajectory:
         self.large_variance = np.append(first, self.betas[1:])
         self.log_large_variance = np.log(self.large_variance)
         self.log_betas = np.log(self.betas)
+        self._device_arrays: dict = {}
 
     def __len__(self) -> int:
         return len(self.alphas)
 
-    def level(self, index: torch.Tensor) -> NoiseLevel:
-        """The levels at per-sample indices ``index`` (long tensor of shape (N,))."""
-        index = index.long()
-        cpu = index.cpu().numpy()
-        step = num_steps = None
-        if len(cpu) and np.all(cpu == cpu[0]):
-            step, num_steps = len(self) - 1 - int(cpu[0]), len(self)
-        return NoiseLevel(
-            alpha=torch.from_numpy(self.alphas[cpu]).to(index.device),
-            sigma=torch.from_numpy(self.sigmas[cpu]).to(index.device),
-            t=torch.from_numpy(self.times[cpu]).to(index.device),
-            unit=self.unit, step=step, num_steps=num_steps, num_train_steps=self.num_train_steps,
-        )
+    def take(self, array: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+        """array[index] on index's device, keeping the array's dtype (float64 for coefficients).
+
+        Arrays are copied to each device once and cached, so a sampling step never waits for a transfer.
+        """
+        key = (id(array), index.device)
+        cached = self._device_arrays.get(key)
+        if cached is None or cached[0] is not array:
+            cached = (array, torch.from_numpy(np.ascontiguousarray(array)).to(index.device))
+            self._device_arrays[key] = cached
+        return cached[1][index.long()]
 
     def extract(self, array: np.ndarray, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """array[index] as ``like``'s dtype, shaped to broadcast over it."""
-        values = torch.from_numpy(array).to(device=index.device)[index.long()]
-        return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+        return NoiseLevel.coefficient(self.take(array, index), like)
+
+    def level(self, index: torch.Tensor) -> NoiseLevel:
+        """The levels at per-sample indices ``index`` (long tensor of shape (N,))."""
+        return NoiseLevel(
+            alpha=self.take(self.alphas, index), sigma=self.take(self.sigmas, index),
+            t=self.take(self.times, index), unit=self.unit, step=len(self) - 1 - index.long(),
+            num_steps=len(self), num_train_steps=self.num_train_steps,
+        )

@@ -67,7 +67,13 @@ def describe_machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {threads} torch threads (torch {torch.__version__})"
 
 
 def main() -> None:
@@ -116,8 +122,8 @@ def main() -> None:
 
     results = {
         "machine": describe_machine(device),
-        "model": f"{args.image_size}px UNet, {args.num_channels} channels, attention at {args.attention_resolutions}, "
-                 f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; classifier "
+        "model": f"{args.image_size}px UNet, {args.num_channels} channels, attention at "
+                 f"{args.attention_resolutions}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; classifier "
                  f"{sum(p.numel() for p in classifier.parameters()) / 1e6:.1f}M params",
         "batch_size": n,
         "forward_images_per_s": n / t_forward,

@@ -78,7 +78,7 @@ def main() -> None:
             loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
             start = time.perf_counter()
             x0 = loop(model, noise.shape, noise=noise, clip_denoised=False, device="cpu", progress=True,
-                      noise_fn=lambda x: torch.randn(x.shape, generator=gen), **kwargs).reshape(n, 2)
+                      noise_fn=lambda x, g=gen: torch.randn(x.shape, generator=g), **kwargs).reshape(n, 2)
             seconds = time.perf_counter() - start
             share = float((mixture.classify(x0) == 0).double().mean())
             results[f"{name} / {sampler}"] = dict(class0_share=share, predicted=predicted)

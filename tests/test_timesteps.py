@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.timesteps import TimestepRange, TimeUnit, route
+from guided_diffusion.timesteps import NoiseLevel, TimestepRange, TimeUnit, route
 
 
 def _levels(respacing: str):
@@ -28,11 +28,13 @@ def test_level_conversions_match_the_schedule():
     assert level.time_in(TimeUnit.SAMPLING_FRACTION)[0].item() == pytest.approx(0.6)
 
 
-def test_mixed_batch_has_no_sampling_step():
-    diffusion = create_gaussian_diffusion(steps=1000)
-    level = diffusion.trajectory.level(torch.tensor([3, 4]))
+def test_steps_are_per_sample():
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim10")
+    level = diffusion.trajectory.level(torch.tensor([3, 9]))
+    assert level.time_in(TimeUnit.SAMPLING_STEP).tolist() == [6, 0]
+    bare = NoiseLevel(alpha=level.alpha, sigma=level.sigma, t=level.t)
     with pytest.raises(ValueError, match="not part of a sampling schedule"):
-        level.time_in(TimeUnit.SAMPLING_STEP)
+        bare.time_in(TimeUnit.SAMPLING_STEP)
 
 
 def test_split_into_experts():

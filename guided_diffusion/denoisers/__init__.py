@@ -35,13 +35,15 @@ class Prediction:
     @staticmethod
     def from_eps(x: torch.Tensor, level: NoiseLevel, eps: torch.Tensor, **extra) -> "Prediction":
         """x0 = x / alpha - eps * sigma / alpha (coefficients in float64, then cast)."""
-        x0 = x * level.coefficient(1.0 / level.alpha, x) - eps * level.coefficient(level.sigma / level.alpha, x)
+        inv_alpha, sigma_over_alpha = 1.0 / level.alpha, level.sigma / level.alpha
+        x0 = x * level.coefficient(inv_alpha, x) - eps * level.coefficient(sigma_over_alpha, x)
         return Prediction(x0=x0, eps=eps, **extra)
 
     @staticmethod
     def from_x0(x: torch.Tensor, level: NoiseLevel, x0: torch.Tensor, **extra) -> "Prediction":
         """eps = (x / alpha - x0) / (sigma / alpha)."""
-        eps = (x * level.coefficient(1.0 / level.alpha, x) - x0) / level.coefficient(level.sigma / level.alpha, x)
+        inv_alpha, sigma_over_alpha = 1.0 / level.alpha, level.sigma / level.alpha
+        eps = (x * level.coefficient(inv_alpha, x) - x0) / level.coefficient(sigma_over_alpha, x)
         return Prediction(x0=x0, eps=eps, **extra)
 
     @staticmethod

@@ -170,7 +170,7 @@ class GaussianDiffusion:
         return shift_mean(p_mean_var["mean"], p_mean_var["variance"], gradient)
 
     def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None) -> Dict[str, torch.Tensor]:
-        """The output of p_mean_variance with eps shifted by -sqrt(1 - abar_t) * cond_fn(x, t) (ADM's DDIM rule)."""
+        """p_mean_variance's output with eps shifted by -sqrt(1 - abar_t) * cond_fn(x, t) (ADM's DDIM rule)."""
         model_kwargs = model_kwargs or {}
         level = self.trajectory.level(t)
         current = Prediction.from_x0(x, level, p_mean_var["pred_xstart"])

@@ -53,7 +53,7 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
             try:
                 desired = int(text[len("ddim"):])
             except ValueError:
-                raise ValueError(f"unknown timestep respacing {section_counts!r}: write ddimN, e.g. ddim25")
+                raise ValueError(f"unknown timestep respacing {section_counts!r}: write ddimN, e.g. ddim25") from None
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
@@ -67,7 +67,7 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
             raise ValueError(
                 f"unknown timestep respacing {section_counts!r}: use 'N' (e.g. '250'), 'ddimN' (e.g. 'ddim25') "
                 "or comma-separated section counts (e.g. '10,15,20')"
-            )
+            ) from None
     else:
         counts = [int(c) for c in section_counts]
     if not counts or any(c < 0 for c in counts):

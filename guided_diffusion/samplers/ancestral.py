@@ -32,7 +32,8 @@ def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajec
     if kind.startswith("learned") and pred.var_values is None:
         raise ValueError(f"variance {kind!r} needs a model that outputs variance channels (learn_sigma)")
     t = trajectory
-    mean = t.extract(t.posterior_mean_coef_x0, index, x) * pred.x0 + t.extract(t.posterior_mean_coef_xt, index, x) * x
+    mean = (t.extract(t.posterior_mean_coef_x0, index, x) * pred.x0
+            + t.extract(t.posterior_mean_coef_xt, index, x) * x)
     if kind == "learned":
         log_variance = pred.var_values
         var = torch.exp(log_variance)

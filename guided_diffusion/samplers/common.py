@@ -49,8 +49,8 @@ def run_chain(step: Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tenso
 def last(outputs: Iterator[Dict[str, torch.Tensor]]) -> torch.Tensor:
     """The final sample of a progressive loop."""
     final = None
-    for final in outputs:
-        pass
+    for output in outputs:
+        final = output
     if final is None:
         raise ValueError("the sampling loop ran no steps")
     return final["sample"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterator, Optional
 
-import numpy as np
 import torch
 
 from ..denoisers import Denoiser
@@ -36,15 +35,16 @@ def ddim_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, index
         pred = shift_score(pred, x, level, cond_fn(x, denoiser.model_time(level), **model_kwargs))
     t = trajectory
     if reverse:
-        target_alpha, target_sigma, noise_scale = t.next_alphas, t.next_sigmas, np.zeros(len(t))
+        target_alpha, target_sigma = t.take(t.next_alphas, index), t.take(t.next_sigmas, index)
+        noise_scale = torch.zeros_like(target_sigma)
     else:
-        target_alpha, target_sigma = t.prev_alphas, t.prev_sigmas
-        noise_scale = eta * np.sqrt(t.posterior_variance)
-    eps_scale = np.sqrt(np.maximum(target_sigma ** 2 - noise_scale ** 2, 0.0))
-    sample = t.extract(target_alpha, index, x) * pred.x0 + t.extract(eps_scale, index, x) * pred.eps
+        target_alpha, target_sigma = t.take(t.prev_alphas, index), t.take(t.prev_sigmas, index)
+        noise_scale = eta * t.take(t.posterior_variance, index).sqrt()
+    eps_scale = (target_sigma ** 2 - noise_scale ** 2).clamp(min=0).sqrt()
+    sample = level.coefficient(target_alpha, x) * pred.x0 + level.coefficient(eps_scale, x) * pred.eps
     if not reverse:
         noise = (noise_fn or torch.randn_like)(x)
-        sample = sample + t.extract(noise_scale, index, x) * noise
+        sample = sample + level.coefficient(noise_scale, x) * noise
     return {"sample": sample, "pred_xstart": pred.x0, "eps": pred.eps}
 
 

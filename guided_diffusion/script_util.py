@@ -160,7 +160,8 @@ def parse_attention_resolutions(attention_resolutions, image_size: int, levels: 
     unused = [r for r in resolutions if r not in reachable]
     if unused:
         warnings.warn(f"attention_resolutions {unused} are never reached by a {image_size}px UNet with "
-                      f"{levels} levels (resolutions {sorted(reachable, reverse=True)}); they are ignored", stacklevel=3)
+                      f"{levels} levels (resolutions {sorted(reachable, reverse=True)}); they are ignored",
+                      stacklevel=3)
     return tuple(image_size // r for r in resolutions)
 
 

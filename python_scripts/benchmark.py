@@ -123,8 +123,8 @@ def main() -> None:
     results = {
         "machine": describe_machine(device),
         "model": f"{args.image_size}px UNet, {args.num_channels} channels, attention at "
-                 f"{args.attention_resolutions}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; classifier "
-                 f"{sum(p.numel() for p in classifier.parameters()) / 1e6:.1f}M params",
+                 f"{args.attention_resolutions}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
+                 f"classifier {sum(p.numel() for p in classifier.parameters()) / 1e6:.1f}M params",
         "batch_size": n,
         "forward_images_per_s": n / t_forward,
         "forward_s": t_forward,

@@ -48,7 +48,7 @@ class Prediction:
 
     @staticmethod
     def from_v(x: torch.Tensor, level: NoiseLevel, v: torch.Tensor, **extra) -> "Prediction":
-        """v = alpha * eps - sigma * x0 with alpha^2 + sigma^2 = 1: x0 = alpha x - sigma v, eps = sigma x + alpha v."""
+        """v = alpha eps - sigma x0 (alpha^2 + sigma^2 = 1): x0 = alpha x - sigma v, eps = sigma x + alpha v."""
         a, s = level.coefficient(level.alpha, x), level.coefficient(level.sigma, x)
         return Prediction(x0=a * x - s * v, eps=s * x + a * v, **extra)
 

@@ -53,7 +53,8 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
             try:
                 desired = int(text[len("ddim"):])
             except ValueError:
-                raise ValueError(f"unknown timestep respacing {section_counts!r}: write ddimN, e.g. ddim25") from None
+                raise ValueError(
+                    f"unknown timestep respacing {section_counts!r}: write ddimN, e.g. ddim25") from None
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))

@@ -7,6 +7,7 @@ All arrays are float64 numpy, computed once, and cast per step (as ADM does).
 
 from __future__ import annotations
 
+import weakref
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -79,16 +80,22 @@ class Trajectory:
         return len(self.alphas)
 
     def take(self, array: np.ndarray, index: torch.Tensor) -> torch.Tensor:
-        """array[index] on index's device, keeping the array's dtype (float64 for coefficients).
+        """array[index] on index's device, keeping the array's dtype (float64 for coefficients; float32 on
+        Apple's MPS, which has no float64).
 
-        Arrays are copied to each device once and cached, so a sampling step never waits for a transfer.
+        Each array is copied to a device once and cached for as long as the array lives, so sampling steps
+        index a resident tensor instead of transferring the table again.
         """
         key = (id(array), index.device)
-        cached = self._device_arrays.get(key)
-        if cached is None or cached[0] is not array:
-            cached = (array, torch.from_numpy(np.ascontiguousarray(array)).to(index.device))
-            self._device_arrays[key] = cached
-        return cached[1][index.long()]
+        entry = self._device_arrays.get(key)
+        if entry is None or entry[0]() is not array:
+            values = torch.tensor(array)  # a copy: a view would keep the array alive
+            if index.device.type == "mps" and values.dtype == torch.float64:
+                values = values.float()
+            forget = weakref.ref(array, lambda _, k=key, cache=self._device_arrays: cache.pop(k, None))
+            entry = (forget, values.to(index.device))
+            self._device_arrays[key] = entry
+        return entry[1][index.long()]
 
     def extract(self, array: np.ndarray, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """array[index] as ``like``'s dtype, shaped to broadcast over it."""

@@ -104,3 +104,17 @@ def test_point_mass_data_has_zero_kl_with_the_ideal_model():
     assert torch.allclose(out["vb"][:, -1], decoder.mean(dim=(1, 2, 3)) / math.log(2), atol=1e-5)
     assert torch.allclose(out["total_bpd"], out["vb"].sum(1) + out["prior_bpd"])
     assert out["xstart_mse"].abs().max() < 1e-8
+
+
+def test_device_tables_are_cached_without_keeping_arrays_alive():
+    import gc
+
+    traj = create_gaussian_diffusion(steps=100).trajectory
+    index = torch.tensor([5, 7])
+    first = traj.take(traj.alphas, index)
+    assert torch.equal(first, torch.from_numpy(traj.alphas[[5, 7]]))
+    cached = len(traj._device_arrays)
+    for _ in range(20):  # temporary arrays must not pile up in the cache
+        traj.take(np.linspace(0, 1, 100), index)
+    gc.collect()
+    assert len(traj._device_arrays) == cached

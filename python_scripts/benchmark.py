@@ -6,7 +6,8 @@ Prints, for a UNet (default: 64x64, attention at resolutions 16 and 8) and a noi
 - the guidance overhead ratio: classifier-guided DDIM-25 time / (25 forwards + 25 classifier
   forward+backward passes).
 
-Weights are random: speed does not depend on them. Times are medians over --repeats runs after a warm-up.
+Weights are random: speed does not depend on them. Each measure is the median of --repeats rounds; the
+baselines are loops of 25 passes, timed in alternation with the samplers.
 
     python python_scripts/benchmark.py                       # CPU defaults
     python python_scripts/benchmark.py --device cuda --use_fp16 True --batch_size 64
@@ -48,19 +49,20 @@ def benchmark_defaults() -> dict:
     return flags
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    """Median wall time of fn() over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
+def timed_rounds(tasks: dict, device: str, repeats: int) -> dict:
+    """Median wall time of each task over ``repeats`` rounds; the tasks alternate within a round, so slow
+    drifts of the machine's speed affect them alike."""
+    times = {name: [] for name in tasks}
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in tasks.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def describe_machine(device: str) -> str:
@@ -115,10 +117,17 @@ def main() -> None:
         kwargs = dict(cond_fn=cond_fn, model_kwargs={"y": y}) if guided else {}
         diffusion.ddim_sample_loop(model_fn, shape, noise=x, device=device, **kwargs)
 
-    t_forward = timed(forward, device, args.repeats * 3)
-    t_classifier = timed(classifier_pass, device, args.repeats * 3)
-    t_ddim = timed(lambda: sample(False), device, args.repeats)
-    t_guided = timed(lambda: sample(True), device, args.repeats)
+    forward()  # warm-up: first calls allocate and pick kernels
+    classifier_pass()
+    # The baselines run the passes in the same loop shape as the sampler: `steps` calls back to back.
+    medians = timed_rounds({
+        "forwards": lambda: [forward() for _ in range(steps)],
+        "classifier": lambda: [classifier_pass() for _ in range(steps)],
+        "ddim": lambda: sample(False),
+        "guided": lambda: sample(True),
+    }, device, args.repeats)
+    t_forward, t_classifier = medians["forwards"] / steps, medians["classifier"] / steps
+    t_ddim, t_guided = medians["ddim"], medians["guided"]
 
     results = {
         "machine": describe_machine(device),

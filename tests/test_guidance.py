@@ -123,3 +123,16 @@ def test_cfg_and_classifier_guidance_stack(setting):
     assert stacked.var_kind == "learned"
     outside = GradientGuidedDenoiser(cfg, cond_fn, active=TimestepRange(0, 0.1, TimeUnit.SAMPLING_FRACTION))
     assert torch.allclose(outside(x, level, y=y).eps, cfg(x, level, y=y).eps)
+
+
+def test_adm_loops_accept_a_guided_denoiser(setting):
+    diffusion, _, x, y = setting
+    from guided_diffusion.samplers import sample_ddim
+
+    cfg = ClassifierFreeGuidance(ToyDenoiser(), scale=2.0, uncond_kwargs={"y": torch.zeros_like(y)})
+    through_adm = diffusion.ddim_sample_loop(cfg, x.shape, noise=x, clip_denoised=False, model_kwargs={"y": y})
+    direct = sample_ddim(cfg, diffusion.trajectory, x, clip_denoised=False, model_kwargs={"y": y})
+    plain = diffusion.ddim_sample_loop(ToyDenoiser(), x.shape, noise=x, clip_denoised=False, model_kwargs={"y": y})
+    assert torch.allclose(through_adm, direct) and (through_adm - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pass device="):
+        diffusion.ddim_sample_loop(cfg, x.shape, model_kwargs={"y": y})

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..denoisers import Prediction
+from ..denoisers import Denoiser, Prediction
 from ..denoisers.discrete import LEARNED_VARIANCES, DiscreteDenoiser, ModelMeanType, ModelVarType
 from ..nn import mean_flat
 from ..samplers.ancestral import ancestral_distribution, ancestral_step
@@ -79,7 +79,7 @@ class GaussianDiffusion:
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(self.one_minus_alphas_cumprod)
-        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(self.one_minus_alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
 
@@ -101,8 +101,12 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------------
     # The model, wrapped once.
     def denoiser(self, model) -> DiscreteDenoiser:
-        """``model`` as a denoiser on this process (what every sampler and guidance method takes)."""
-        if isinstance(model, DiscreteDenoiser):
+        """``model`` as a denoiser on this process (what every sampler and guidance method takes).
+
+        A denoiser passes through unchanged, so guided wrappers (CFG, gradient guidance) can be handed to
+        the ADM-style loops in place of the network.
+        """
+        if isinstance(model, Denoiser):
             return model
         return DiscreteDenoiser(model, self.model_mean_type, self.model_var_type,
                                 train_trajectory=self.train_trajectory, rescale_timesteps=self.rescale_timesteps)
@@ -208,6 +212,8 @@ class GaussianDiffusion:
         if noise is not None:
             return noise
         if device is None:
+            if not hasattr(model, "parameters"):
+                raise ValueError("pass device= (or noise=) when the model is a plain function or a denoiser")
             device = next(model.parameters()).device
         return torch.randn(*shape, device=device)
 

@@ -12,6 +12,9 @@ from guided_diffusion.models.unet import EncoderUNetModel
 from guided_diffusion.script_util import create_model_and_diffusion
 
 TOL = 1e-4
+# Fixture b asks for attention at resolution 8, which its 2-level 32px UNet never reaches (as in ADM, it is
+# ignored); test_unreachable_attention_resolution_warns checks the warning once.
+pytestmark = pytest.mark.filterwarnings("ignore:attention_resolutions")
 
 
 def _unet_from_fixture(name: str):
@@ -28,6 +31,12 @@ def test_unet_fixture_output(name):
     with torch.no_grad():
         out = model(fixture["x"], fixture["t"], **fixture["kwargs"])
     assert (out - fixture["out"]).abs().max().item() < TOL
+
+
+def test_unreachable_attention_resolution_warns():
+    fixture = load_fixture("adm/adm_unet_b.pt")
+    with pytest.warns(UserWarning, match=r"attention_resolutions \[8\] are never reached"):
+        create_model_and_diffusion(**fixture["flags"])
 
 
 def test_unet_fixture_b_needs_its_attention_order():

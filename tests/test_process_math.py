@@ -24,6 +24,11 @@ def test_posterior_arrays_are_ddpm_closed_forms():
     assert np.allclose(diffusion.posterior_mean_coef2, (1 - abar_prev) * np.sqrt(1 - betas) / (1 - abar),
                        rtol=1e-10)
     assert np.allclose(diffusion.trajectory.betas, betas, rtol=1e-9)
+    # The last step's "large" variance and clipped log-variance borrow the next step's posterior variance.
+    traj = diffusion.trajectory
+    assert traj.large_variance[0] == traj.posterior_variance[1] and traj.posterior_variance[0] == 0
+    assert np.allclose(traj.large_variance[1:], betas[1:], rtol=1e-9)
+    assert np.exp(traj.posterior_log_variance_clipped[0]) == pytest.approx(traj.posterior_variance[1])
 
 
 def test_variance_exploding_trajectory_posterior():

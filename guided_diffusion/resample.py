@@ -1,0 +1,3 @@
+"""ADM import path: ``from guided_diffusion.resample import create_named_schedule_sampler``."""
+from .train.resample import (LossAwareSampler, LossSecondMomentResampler, ScheduleSampler,  # noqa: F401
+                             UniformSampler, create_named_schedule_sampler)

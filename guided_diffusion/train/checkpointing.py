@@ -1,0 +1,92 @@
+"""Checkpoint files named as ADM's, written so that a crash never leaves a half file under a final name.
+
+A run directory holds, for N completed optimizer steps::
+
+    modelNNNNNN.pt           fp32 parameters (a plain state dict, loadable by ADM's scripts)
+    ema_RATE_NNNNNN.pt       one per EMA rate, e.g. ema_0.9999_000200.pt
+    optNNNNNN.pt             the optimizer's state dict
+    train_stateNNNNNN.pt     step, loss scale and timestep-sampler state (what ADM's files leave out)
+    flags.json               the flags that built the run
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import tempfile
+from typing import Dict, Optional
+
+import torch
+
+
+def _atomic_write(path: str, write) -> None:
+    """Run ``write(file_object)`` on a temp file in the destination folder, fsync it, then rename.
+
+    The rename is atomic on POSIX file systems, so readers see either no file or the complete one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` through a temp file and a rename."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(obj, path: str) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), path)
+
+
+def read_flags_beside(path: str) -> Optional[Dict]:
+    """The ``flags.json`` in the folder of ``path``, or None."""
+    f = os.path.join(os.path.dirname(os.path.abspath(path)), "flags.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def parse_resume_step_from_filename(filename: str) -> int:
+    """``.../model001200.pt`` -> 1200; a name without a step number -> 0 (ADM's rule)."""
+    match = re.search(r"model(\d+)\.pt$", os.path.basename(filename))
+    return int(match.group(1)) if match else 0
+
+
+def companion_paths(model_path: str, ema_rates=()) -> Dict[str, str]:
+    """The EMA, optimizer and train-state files that belong beside ``modelNNNNNN.pt``."""
+    folder, step = os.path.dirname(model_path), parse_resume_step_from_filename(model_path)
+    out = {"opt": os.path.join(folder, f"opt{step:06d}.pt"),
+           "state": os.path.join(folder, f"train_state{step:06d}.pt")}
+    for rate in ema_rates:
+        out[f"ema_{rate}"] = os.path.join(folder, f"ema_{rate}_{step:06d}.pt")
+    return out
+
+
+def latest_checkpoint(folder: str) -> Optional[str]:
+    """The ``modelNNNNNN.pt`` with the largest step in ``folder``, or None."""
+    found = glob.glob(os.path.join(folder, "model[0-9]*.pt"))
+    found = [p for p in found if re.fullmatch(r"model\d+\.pt", os.path.basename(p))]
+    return max(found, key=parse_resume_step_from_filename) if found else None
+
+
+__all__ = ["atomic_save", "atomic_write_bytes", "write_json", "read_flags_beside",
+           "parse_resume_step_from_filename", "companion_paths", "latest_checkpoint"]

@@ -1,0 +1,86 @@
+"""Train ADM's noisy classifier (``EncoderUNetModel``) on q_sample(x0, t), for classifier guidance.
+
+    python python_scripts/classifier_train.py --data_dir builtin:digits --image_size 16 \
+        --classifier_width 32 --classifier_depth 1 --classifier_num_classes 10 --batch_size 64 \
+        --iterations 1000 --log_path runs/digits_classifier
+
+``--noised False`` trains a clean classifier (t = 0). Labels come from the file names (``--label_from
+prefix``, ADM: ``<class>_<anything>.png``) or the parent folders (``--label_from folder``). Checkpoints
+``modelNNNNNN.pt``/``optNNNNNN.pt`` and ``flags.json`` land in ``--log_path``; ``--resume_checkpoint``
+continues a run. Logs train/val loss, acc@1 and acc@5, overall and per quarter of the diffusion steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import add_run_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path, run_cli
+from guided_diffusion.data import DataError
+from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
+                                          create_classifier_and_diffusion)
+from guided_diffusion.train import ClassifierTrainLoop, create_named_schedule_sampler, write_json
+
+from image_train import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    defaults = dict(val_data_dir="", noised=True, iterations=150000, lr=3e-4, weight_decay=0.0, anneal_lr=False,
+                    batch_size=4, microbatch=-1, schedule_sampler="uniform", resume_checkpoint="",
+                    log_interval=10, eval_interval=5, save_interval=10000, classifier_ema_rate="")
+    defaults.update(DATA_DEFAULTS)
+    defaults.update(RUN_DEFAULTS)
+    defaults["random_crop"] = True  # ADM's classifier_train crops randomly
+    defaults.update(classifier_and_diffusion_defaults())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dict_to_argparser(parser, defaults)
+    add_run_flags(parser, "classifier_train")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = create_argparser().parse_args(argv)
+    dist_util.setup_dist(args.gpus)
+    model_keys = list(classifier_and_diffusion_defaults().keys())
+    if args.resume_checkpoint:
+        fill_flags_from_checkpoint(args, args.resume_checkpoint, model_keys, argv)
+    dataset = open_dataset(args, class_cond=True)
+    if dataset.num_classes > args.classifier_num_classes:
+        raise DataError(f"the data has {dataset.num_classes} classes but --classifier_num_classes is "
+                        f"{args.classifier_num_classes}; raise it")
+    val_data = None
+    if args.val_data_dir:
+        val_args = argparse.Namespace(**{**vars(args), "data_dir": args.val_data_dir, "random_crop": False,
+                                         "random_flip": False})
+        val_set = open_dataset(val_args, class_cond=True)
+        val_data = data_stream(val_args, val_set, class_cond=True)(0)
+
+    torch.manual_seed(args.seed)
+    flags = args_to_dict(args, model_keys)
+    model, diffusion = create_classifier_and_diffusion(**flags)
+    model.to(dist_util.dev())
+    log_path = resolve_log_path(args, "classifier_train")
+    loop = ClassifierTrainLoop(
+        model=model, diffusion=diffusion, data=data_stream(args, dataset, class_cond=True), val_data=val_data,
+        noised=args.noised, eval_interval=args.eval_interval,
+        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr, ema_rate=args.classifier_ema_rate,
+        log_interval=args.log_interval, save_interval=args.save_interval,
+        resume_checkpoint=args.resume_checkpoint, use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
+        weight_decay=args.weight_decay, lr_anneal_steps=args.iterations if args.anneal_lr else 0,
+        max_steps=args.max_steps or args.iterations, seed=args.seed, flags=flags, progress=args.progress,
+    )
+    logger.configure(log_path)
+    if dist_util.is_main():
+        write_json(flags_of(args, drop=("gpus",)), os.path.join(log_path, "flags.json"))
+    logger.log(f"training a {'noisy' if args.noised else 'clean'} classifier on {len(dataset)} images, "
+               f"{dataset.num_classes} classes")
+    loop.run_loop()
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -146,7 +146,8 @@ def configure(dir: Optional[str] = None, format_strs: Optional[List[str]] = None
     """Log into ``dir`` (else $OPENAI_LOGDIR, else ``default_log_path()``), created if needed, and print it.
 
     ``format_strs`` picks among "stdout", "log" (log.txt) and "csv" (progress.csv); default all three on
-    rank 0 and "log" on other ranks, whose file names get ``-rankNNN``.
+    rank 0 and "log" on other ranks, whose file names get ``-rankNNN`` ($OPENAI_LOG_FORMAT and
+    $OPENAI_LOG_FORMAT_MPI override these defaults, as in ADM).
     """
     global _current
     dir = dir or os.environ.get("OPENAI_LOGDIR") or default_log_path()
@@ -155,7 +156,9 @@ def configure(dir: Optional[str] = None, format_strs: Optional[List[str]] = None
     if rank > 0:
         log_suffix = log_suffix + f"-rank{rank:03d}"
     if format_strs is None:
-        format_strs = ["stdout", "log", "csv"] if rank == 0 else ["log"]
+        env = os.environ.get("OPENAI_LOG_FORMAT" if rank == 0 else "OPENAI_LOG_FORMAT_MPI")
+        format_strs = env.split(",") if env is not None else (["stdout", "log", "csv"] if rank == 0 else ["log"])
+        format_strs = [f for f in format_strs if f]
     os.makedirs(dir, exist_ok=True)
     outputs = []
     for f in format_strs:

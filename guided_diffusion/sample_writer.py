@@ -46,10 +46,9 @@ def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> 
     return grid
 
 
-def save_png(image: np.ndarray, path: str, min_side: int = 256) -> None:
-    """Write an HWC uint8 image as PNG (atomically), enlarged by an integer factor when tiny."""
+def save_png(image: np.ndarray, path: str, factor: int = 1) -> None:
+    """Write an HWC uint8 image as PNG (atomically), enlarged ``factor`` times (nearest neighbour)."""
     pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-    factor = max(1, min_side // max(1, min(pil.size)))
     if factor > 1:
         pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
     buf = io.BytesIO()
@@ -159,7 +158,8 @@ def _assemble(seeds: List[int], shard_dir: str, final: str, flags: Optional[Dict
     base = final[:-len(".npz")]
     if flags is not None:
         write_json(flags, base + "_flags.json")
-    save_png(image_grid(images[:grid_count]), base + "_grid.png")
+    # Tiny images (digits at 16px) are enlarged so that the grid is readable at a glance.
+    save_png(image_grid(images[:grid_count]), base + "_grid.png", factor=max(1, 64 // images.shape[1]))
     write_npz(final, images, labels)  # last: its presence means the run is complete
     shutil.rmtree(shard_dir, ignore_errors=True)
     logger.log(f"saved {final} ({len(seeds)} samples) and {os.path.basename(base)}_grid.png")

@@ -58,7 +58,8 @@ def main(argv=None) -> None:
                          "they must agree")
     log_path = resolve_log_path(args, "classifier_sample")
     logger.configure(log_path)
-    cond_fn = classifier_cond_fn(classifier, args.classifier_scale)
+    # Scale 0 samples unguided with the same seeds and target labels: a paired baseline.
+    cond_fn = classifier_cond_fn(classifier, args.classifier_scale) if args.classifier_scale else None
     sample_batch = make_batch_sampler(
         model, diffusion, image_size=args.image_size, use_ddim=args.use_ddim, clip_denoised=args.clip_denoised,
         num_classes=num_classes, class_cond=args.class_cond, cond_fn=cond_fn, eta=args.ddim_eta)

@@ -226,7 +226,7 @@ class ImageFolderDataset(BaseImageDataset):
             raise DataError(
                 f"image '{path}' is {size[0]}x{size[1]}, smaller than image_size={self.image_size}; "
                 "use larger images or a smaller --image_size, "
-                "or pass allow_upscale=True to resize it up (ADM's behaviour)"
+                "or pass --allow_upscale True (allow_upscale=True) to resize it up as ADM does"
             )
 
     def _unreadable(self, path: str, error: BaseException) -> DataError:

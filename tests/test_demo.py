@@ -1,0 +1,34 @@
+"""The demo's plumbing on a shortened schedule: every stage's outputs, the report, and the skip on rerun."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from script_runs import run_script
+
+QUICK = ["--diffusion_steps_train", 8, "--classifier_steps", 8, "--judge_steps", 8, "--num_samples", 6,
+         "--batch_size", 16, "--timestep_respacing", "ddim5"]
+
+
+def test_quick_demo_writes_report_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    first = run_script("demo.py", QUICK + ["--out_dir", out])
+    report = json.loads((out / "report.json").read_text())
+    for name, scale in (("unguided", 0.0), ("guided", 4.0)):
+        r = report["samples"][name]
+        assert r["classifier_scale"] == scale and r["num_samples"] == 6
+        assert 0.0 <= r["accuracy"] <= 1.0 and sum(r["predicted_class_counts"]) == 6
+        with np.load(out / r["npz"]) as f:
+            assert f["arr_0"].shape == (6, 16, 16, 3) and f["arr_0"].dtype == np.uint8
+            assert f["arr_1"].tolist() == np.load(out / report["samples"]["unguided"]["npz"])["arr_1"].tolist()
+        assert (out / name / "samples_6x16x16x3_grid.png").is_file()
+    for stage in ("diffusion", "classifier", "judge"):
+        assert (out / stage / "model000008.pt").is_file() and (out / stage / "flags.json").is_file()
+    assert "class accuracy" in first.stdout and "chance is 10%" in first.stdout
+    assert "| guided |" in (out / "report.md").read_text()
+
+    again = run_script("demo.py", QUICK + ["--out_dir", out])
+    assert again.stdout.count("already done") == 5  # nothing is trained or sampled twice
+    assert json.loads((out / "report.json").read_text())["samples"] == report["samples"]

@@ -1,0 +1,100 @@
+"""Bad input to the scripts: one clear message, exit status 2, and no run folder or partial file left."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from guided_diffusion.cli import run_cli
+from script_runs import TINY_MODEL, TINY_TRAIN, import_script
+
+image_train = import_script("image_train")
+image_sample = import_script("image_sample")
+
+
+def fails(capsys, main, argv, *words) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def png(path, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+
+
+def train_argv(tmp_path, data_dir, *extra):
+    argv = TINY_TRAIN + ["--max_steps", 2, "--log_path", tmp_path / "run", "--data_dir", data_dir]
+    return argv + list(extra)
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    fails(capsys, image_train.main, train_argv(tmp_path, tmp_path / "nowhere"), "does not exist", "--data_dir")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_data_dir_flag(tmp_path, capsys):
+    argv = [a for a in train_argv(tmp_path, "x") if a not in ("--data_dir", "builtin:digits", "x")]
+    fails(capsys, image_train.main, argv, "--data_dir is required")
+
+
+def test_empty_data_dir(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    fails(capsys, image_train.main, train_argv(tmp_path, tmp_path / "empty"), "no image files")
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_image_file_is_named(tmp_path, capsys):
+    png(tmp_path / "data" / "a_1.png")
+    (tmp_path / "data" / "notes.txt").write_text("hello")
+    fails(capsys, image_train.main, train_argv(tmp_path, tmp_path / "data"), "notes.txt", "not images",
+          "move them out")
+    assert not (tmp_path / "run").exists()
+
+
+def test_undecodable_image_is_named(tmp_path, capsys):
+    png(tmp_path / "data" / "a_1.png")
+    (tmp_path / "data" / "b_2.png").write_bytes(b"not a png at all")
+    fails(capsys, image_train.main, train_argv(tmp_path, tmp_path / "data"), "b_2.png")
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_smaller_than_image_size(tmp_path, capsys):
+    png(tmp_path / "data" / "a_1.png", (16, 16))
+    png(tmp_path / "data" / "b_1.png", (6, 9))
+    fails(capsys, image_train.main, train_argv(tmp_path, tmp_path / "data"), "b_1.png", "6x9", "--image_size",
+          "--allow_upscale True")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_checkpoint_that_does_not_exist(tmp_path, capsys):
+    argv = train_argv(tmp_path, "builtin:digits", "--resume_checkpoint", tmp_path / "model000100.pt")
+    fails(capsys, image_train.main, argv, "model000100.pt", "does not exist", "--resume_checkpoint")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_checkpoint_that_does_not_match_the_flags(tmp_path, capsys):
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+    flags = model_and_diffusion_defaults()
+    flags.update(image_size=8, num_channels=64, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
+                 num_head_channels=16, diffusion_steps=100)
+    model, _ = create_model_and_diffusion(**flags)
+    ckpt = tmp_path / "old" / "model000010.pt"
+    ckpt.parent.mkdir()
+    torch.save(model.state_dict(), ckpt)  # no flags.json beside it: the typed flags (32 channels) are used
+    before = sorted(p.name for p in ckpt.parent.iterdir())
+    fails(capsys, image_train.main, train_argv(tmp_path, "builtin:digits", "--resume_checkpoint", ckpt),
+          "num_channels", "64")
+    assert not (tmp_path / "run").exists()
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == before
+
+
+def test_sample_without_model_path(tmp_path, capsys):
+    fails(capsys, image_sample.main, TINY_MODEL + ["--log_path", tmp_path / "s"], "--model_path is required")
+    assert not (tmp_path / "s").exists()

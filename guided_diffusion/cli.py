@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -12,7 +13,8 @@ from . import dist_util
 from .train.checkpointing import read_flags_beside
 
 # Errors that mean "the input is wrong": reported as one message and exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+# (UnpicklingError: a checkpoint that would run code when loaded, refused.)
+USER_ERRORS = (ValueError, FileNotFoundError, pickle.UnpicklingError)
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None) -> None:
@@ -20,8 +22,7 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
     try:
         main(argv)
     except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         dist_util.cleanup()
         sys.exit(2)
     dist_util.cleanup()

@@ -23,7 +23,8 @@ from guided_diffusion.cli import add_run_flags, fill_flags_from_checkpoint, flag
 from guided_diffusion.data import DataError
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
                                           create_classifier_and_diffusion)
-from guided_diffusion.train import ClassifierTrainLoop, create_named_schedule_sampler, write_json
+from guided_diffusion.train import (ClassifierTrainLoop, create_named_schedule_sampler,
+                                    resolve_resume_checkpoint, write_json)
 
 from image_train import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
 
@@ -46,6 +47,7 @@ def main(argv=None) -> None:
     args = create_argparser().parse_args(argv)
     dist_util.setup_dist(args.gpus)
     model_keys = list(classifier_and_diffusion_defaults().keys())
+    args.resume_checkpoint = resolve_resume_checkpoint(args.resume_checkpoint)
     if args.resume_checkpoint:
         fill_flags_from_checkpoint(args, args.resume_checkpoint, model_keys, argv)
     dataset = open_dataset(args, class_cond=True)

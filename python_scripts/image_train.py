@@ -21,14 +21,16 @@ import torch
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path,
                                   run_cli)
-from guided_diffusion.data import DataError, build_dataset, load_data
+from guided_diffusion.data import DataError, ImageFolderDataset, build_dataset, load_data
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
-from guided_diffusion.train import TrainLoop, create_named_schedule_sampler, write_json
+from guided_diffusion.train import (TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint,
+                                    write_json)
 
 # Flags that only choose how data is read (shared with classifier_train.py).
+# num_workers -1: decoding workers for image folders, none for in-memory data (npz, builtin).
 DATA_DEFAULTS = dict(data_dir="", label_from="prefix", random_flip=True, random_crop=False, allow_upscale=False,
-                     num_workers=0)
+                     num_workers=-1)
 # Flags that describe the run rather than the model (shared with classifier_train.py).
 RUN_DEFAULTS = dict(seed=0, max_steps=0, use_bf16=False, progress=True)
 
@@ -62,10 +64,13 @@ def open_dataset(args, class_cond: bool):
 
 def data_stream(args, dataset, class_cond: bool):
     """``start_step -> batches``, so a resumed run continues the stream where its checkpoint left it."""
+    workers = args.num_workers
+    if workers < 0:
+        workers = min(4, os.cpu_count() or 1) if isinstance(dataset, ImageFolderDataset) else 0
     return lambda start_step: load_data(
         data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size, class_cond=class_cond,
         random_crop=args.random_crop, random_flip=args.random_flip, label_from=args.label_from,
-        allow_upscale=args.allow_upscale, seed=args.seed, start_step=start_step, num_workers=args.num_workers,
+        allow_upscale=args.allow_upscale, seed=args.seed, start_step=start_step, num_workers=workers,
         dataset=dataset)
 
 
@@ -74,6 +79,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     dist_util.setup_dist(args.gpus)
     model_keys = list(model_and_diffusion_defaults().keys())
+    args.resume_checkpoint = resolve_resume_checkpoint(args.resume_checkpoint)
     if args.resume_checkpoint:
         filled = fill_flags_from_checkpoint(args, args.resume_checkpoint, model_keys, argv)
         if filled:

@@ -98,3 +98,25 @@ def test_resume_checkpoint_that_does_not_match_the_flags(tmp_path, capsys):
 def test_sample_without_model_path(tmp_path, capsys):
     fails(capsys, image_sample.main, TINY_MODEL + ["--log_path", tmp_path / "s"], "--model_path is required")
     assert not (tmp_path / "s").exists()
+
+
+def test_folder_training_with_folder_labels_and_resume_from_the_folder(tmp_path):
+    """PPAP's layout (class = parent folder), class-conditional; then resume by naming the run folder."""
+    for cls, colour in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
+        for i in range(3):
+            path = tmp_path / "data" / cls / f"img{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 10), colour).save(path)
+    run = tmp_path / "run"
+    argv = [a for a in TINY_TRAIN if a not in ("--data_dir", "builtin:digits")]
+    argv += ["--data_dir", tmp_path / "data", "--label_from", "folder", "--class_cond", "True",
+             "--num_classes", 2, "--save_interval", 2, "--log_interval", 3, "--log_path", run]
+    run_cli(image_train.main, [str(a) for a in argv + ["--max_steps", 2]])
+    state = torch.load(run / "model000002.pt", weights_only=True)
+    assert state["label_emb.weight"].shape[0] == 2
+    run_cli(image_train.main, [str(a) for a in argv + ["--max_steps", 4, "--resume_checkpoint", run]])
+    assert torch.load(run / "train_state000004.pt", weights_only=True)["step"] == 4
+    with open(run / "progress.csv") as f:
+        steps = [line.split(",") for line in f.read().splitlines()]
+    col = steps[0].index("step")
+    assert [int(r[col]) for r in steps[1:]] == [2, 3, 4]  # the end of each run flushes its last interval

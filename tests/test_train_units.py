@@ -195,3 +195,26 @@ def test_launcher_detection(monkeypatch):
     assert dist_util.parse_gpus("0, 3") == [0, 3] and dist_util.parse_gpus("") is None
     with pytest.raises(ValueError, match="--gpus"):
         dist_util.parse_gpus("first")
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights():
+    seen = []
+
+    class Probe(Linear):
+        def compute_loss(self, batch, cond):
+            out = self.ddp_model(batch)
+            seen.append(out.dtype)
+            return ((out.float() - cond["target"]) ** 2).mean()
+
+    torch.manual_seed(0)
+    t = Probe(model=nn.Linear(3, 2), data=fixed_data(), batch_size=8, lr=0.1, use_bf16=True, progress=False)
+    fp32 = make()
+    for _ in range(3):
+        t.run_step(*next(t.data))
+        fp32.run_step(*next(fp32.data))
+    assert seen == [torch.bfloat16] * 3
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    for a, b in zip(t.model.parameters(), fp32.model.parameters()):  # bf16 keeps ~3 significant digits
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="not both"):
+        MixedPrecisionTrainer(model=nn.Linear(1, 1), use_fp16=True, use_bf16=True)

@@ -88,5 +88,16 @@ def latest_checkpoint(folder: str) -> Optional[str]:
     return max(found, key=parse_resume_step_from_filename) if found else None
 
 
-__all__ = ["atomic_save", "atomic_write_bytes", "write_json", "read_flags_beside",
+def resolve_resume_checkpoint(path: str) -> str:
+    """A run folder becomes its latest ``modelNNNNNN.pt``; a file path (or "") is returned unchanged."""
+    if path and os.path.isdir(path):
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"--resume_checkpoint {path!r} is a folder with no modelNNNNNN.pt; "
+                                    "pass a checkpoint file or a run folder that has one")
+        return found
+    return path
+
+
+__all__ = ["resolve_resume_checkpoint", "atomic_save", "atomic_write_bytes", "write_json", "read_flags_beside",
            "parse_resume_step_from_filename", "companion_paths", "latest_checkpoint"]

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .. import dist_util, logger
 from ..models.checkpoints import load_checkpoint, load_state_dict_checked
 from ..nn import update_ema
-from .checkpointing import atomic_save, companion_paths, latest_checkpoint, parse_resume_step_from_filename
+from .checkpointing import (atomic_save, companion_paths, parse_resume_step_from_filename,
+                            resolve_resume_checkpoint)
 from .mixed_precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
 
 DataSource = Union[Iterator, Callable[[int], Iterator]]
@@ -88,7 +89,7 @@ class Trainer:
         self.rank, self.world_size = dist_util.get_rank(), dist_util.get_world_size()
         self.global_batch = batch_size * self.world_size
         self.step, self.resume_step = 0, 0
-        self.resume_checkpoint = self._resolve_resume(resume_checkpoint)
+        self.resume_checkpoint = resolve_resume_checkpoint(resume_checkpoint)
 
         resume_state = self._load_model_for_resume()
         dist_util.sync_params(self.model.parameters())
@@ -113,16 +114,6 @@ class Trainer:
             self.ddp_model = model
 
     # ------------------------------------------------------------------------------------------ resume
-    @staticmethod
-    def _resolve_resume(path: str) -> str:
-        if path and os.path.isdir(path):
-            found = latest_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"--resume_checkpoint {path!r} is a folder with no modelNNNNNN.pt; "
-                                        "pass a checkpoint file or a run folder that has one")
-            return found
-        return path
-
     def _load_model_for_resume(self) -> Optional[dict]:
         if not self.resume_checkpoint:
             return None
@@ -200,6 +191,8 @@ class Trainer:
                 if os.environ.get("DIFFUSION_TRAINING_TEST", ""):
                     break
         bar.close()
+        if self.step > 0 and self.total_steps % self.log_interval:
+            logger.dumpkvs()  # the last, shorter interval
         if saved_at != self.total_steps and self.step > 0:
             self.save()
 

@@ -34,11 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import classifier_sample  # noqa: E402
 import classifier_train  # noqa: E402
 import image_train  # noqa: E402
-from guided_diffusion import dist_util  # noqa: E402
 from guided_diffusion.cli import run_cli  # noqa: E402
 from guided_diffusion.script_util import add_dict_to_argparser  # noqa: E402
 from guided_diffusion.adm_sampling import load_model_checked  # noqa: E402
 from guided_diffusion.data import load_builtin  # noqa: E402
+from guided_diffusion.metrics.classifier_accuracy import sample_class_accuracy  # noqa: E402
+from guided_diffusion.metrics.image_batches import NpzBatch  # noqa: E402
 from guided_diffusion.sample_writer import write_npz  # noqa: E402
 from guided_diffusion.script_util import classifier_defaults, create_classifier  # noqa: E402
 from guided_diffusion.train import latest_checkpoint, write_json  # noqa: E402
@@ -80,20 +81,14 @@ def train_argv(args, folder: str, steps: int, extra) -> list:
     return argv + (["--resume_checkpoint", latest] if latest else [])
 
 
-@torch.no_grad()
 def judge(classifier_path: str, npz_path: str) -> dict:
     """The clean classifier's verdict on a sample batch: accuracy against ``arr_1`` and the class counts."""
-    parser = classifier_train.create_argparser()
-    flags = vars(parser.parse_args([str(a) for a in CLASSIFIER]))
-    model = create_classifier(**{k: flags[k] for k in classifier_defaults()})
-    load_model_checked(model, classifier_path, flag="the demo's clean classifier")
-    with np.load(npz_path) as f:
-        images, targets = f["arr_0"], f["arr_1"]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(dist_util.dev())
-    predicted = torch.cat([model(b, torch.zeros(len(b), dtype=torch.long, device=b.device)).argmax(-1)
-                           for b in x.split(256)]).cpu().numpy()
-    return {"accuracy": float((predicted == targets).mean()), "num_samples": int(len(targets)),
-            "predicted_class_counts": np.bincount(predicted, minlength=10).tolist()}
+    flags = vars(classifier_train.create_argparser().parse_args([str(a) for a in CLASSIFIER]))
+    flags = {k: flags[k] for k in classifier_defaults()}
+    model = load_model_checked(create_classifier(**flags), classifier_path, flag="the demo's clean classifier")
+    res = sample_class_accuracy(model, NpzBatch(npz_path))
+    return {"accuracy": res["top1"], "num_samples": res["num_samples"],
+            "predicted_class_counts": res["predicted_class_counts"]}
 
 
 def write_report(out_dir: str, report: dict) -> None:

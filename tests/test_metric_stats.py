@@ -303,3 +303,20 @@ def test_class_accuracy_hand_example():
     assert class_accuracy(logits.numpy(), labels.numpy(), topk=(1, 2)) == {"top1": 0.25, "top2": 0.5}
     with pytest.raises(ValueError, match="labels"):
         class_accuracy(logits, labels[:3])
+
+
+def test_eigh_failure_falls_back_to_scipy_with_a_warning(monkeypatch):
+    import guided_diffusion.metrics.stats as st
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 6)), rng.normal(size=(50, 6)) + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = st.frechet_distance(a.mean(0), s1, b.mean(0), s2, method="scipy")
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(st.np.linalg, "eigh", broken)
+    with pytest.warns(UserWarning, match="falling back"):
+        got = st.frechet_distance(a.mean(0), s1, b.mean(0), s2)
+    assert got == pytest.approx(expected, rel=1e-9)

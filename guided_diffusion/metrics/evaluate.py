@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -106,6 +107,9 @@ def evaluate(ref_path: str, sample_path: str, net, *, batch_size: int = 64, fd_m
                      "mu_s": ref_acts["spatial"].mean(), "sigma_s": ref_acts["spatial"].cov()}
         ref_pool = ref_acts["pool"].features()
     pool, spatial = acts["pool"], acts["spatial"]
+    if pool.count <= net.pool_dim:
+        warnings.warn(f"{pool.count} samples for {net.pool_dim}-dimensional features: the sample covariance is "
+                      "singular and FID is strongly biased; compare FIDs only at equal (large) N", stacklevel=2)
     out = {"inception_score": inception_score_adm(acts["logits"]),
            "fid": frechet_distance(pool.mean(), pool.cov(), ref_stats["mu"], ref_stats["sigma"], method=fd_method)}
     if "mu_s" in ref_stats:

@@ -176,7 +176,12 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
             warnings.warn(f"{name} has non-finite entries; the Fréchet distance is NaN", stacklevel=2)
             return float("nan")
     if method == "eigh":
-        tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
+        try:
+            tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
+        except np.linalg.LinAlgError as exc:  # LAPACK did not converge: the general route still may
+            warnings.warn(f"symmetric eigendecomposition failed ({exc}); falling back to scipy's sqrtm",
+                          stacklevel=2)
+            tr_covmean = _trace_sqrt_product_scipy(sigma1, sigma2)
     elif method == "scipy":
         tr_covmean = _trace_sqrt_product_scipy(sigma1, sigma2)
     else:

@@ -63,6 +63,15 @@ def add_run_flags(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--gpus", default="", help="GPU ids to use, one per rank, e.g. 0,1 (default: all)")
 
 
+def open_run_folder(log_path: str, args: argparse.Namespace) -> None:
+    """Create the run folder (logging into it) and write ``flags.json`` there; call once inputs are checked."""
+    from . import logger
+    from .train.checkpointing import write_json
+    logger.configure(log_path)
+    if dist_util.is_main():
+        write_json(flags_of(args, drop=("gpus",)), os.path.join(log_path, "flags.json"))
+
+
 def resolve_log_path(args: argparse.Namespace, name: str) -> str:
     """The run folder, identical on every rank (rank 0's default timestamp is broadcast)."""
     from .logger import default_log_path
@@ -71,4 +80,4 @@ def resolve_log_path(args: argparse.Namespace, name: str) -> str:
 
 
 __all__ = ["run_cli", "explicit_flags", "fill_flags_from_checkpoint", "flags_of", "add_run_flags",
-           "resolve_log_path", "USER_ERRORS"]
+           "resolve_log_path", "open_run_folder", "USER_ERRORS"]

@@ -12,17 +12,15 @@ Sample i uses seed ``--seed + i`` for its noise and its target label; resumable 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.adm_sampling import load_model_checked, make_batch_sampler
-from guided_diffusion.cli import fill_flags_from_checkpoint, flags_of, resolve_log_path, run_cli
+from guided_diffusion.adm_sampling import load_model_checked
+from guided_diffusion.cli import fill_flags_from_checkpoint, resolve_log_path, run_cli
 from guided_diffusion.guidance import classifier_cond_fn
-from guided_diffusion.sample_writer import run_seeded_sampling
 from guided_diffusion.script_util import add_dict_to_argparser, args_to_dict, classifier_defaults, create_classifier
 
-from image_sample import NOT_IN_IDENTITY, SAMPLE_DEFAULTS, load_diffusion_model
+from image_sample import SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
 from image_sample import create_argparser as image_sample_argparser
 
 
@@ -60,15 +58,7 @@ def main(argv=None) -> None:
     logger.configure(log_path)
     # Scale 0 samples unguided with the same seeds and target labels: a paired baseline.
     cond_fn = classifier_cond_fn(classifier, args.classifier_scale) if args.classifier_scale else None
-    sample_batch = make_batch_sampler(
-        model, diffusion, image_size=args.image_size, use_ddim=args.use_ddim, clip_denoised=args.clip_denoised,
-        num_classes=num_classes, class_cond=args.class_cond, cond_fn=cond_fn, eta=args.ddim_eta)
-    seeds = range(args.seed, args.seed + args.num_samples)
-    path = run_seeded_sampling(sample_batch, seeds=seeds, batch_size=args.batch_size, out_dir=log_path,
-                               image_shape=(args.image_size, args.image_size),
-                               identity=flags_of(args, drop=NOT_IN_IDENTITY),
-                               flags=flags_of(args, drop=("gpus",)), progress=args.progress)
-    logger.log(f"samples in {os.path.abspath(path)}")
+    sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,18 @@ continues a run. Logs train/val loss, acc@1 and acc@5, overall and per quarter o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import add_run_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path, run_cli
+from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, open_run_folder, resolve_log_path,
+                                  run_cli)
 from guided_diffusion.data import DataError
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
                                           create_classifier_and_diffusion)
 from guided_diffusion.train import (ClassifierTrainLoop, create_named_schedule_sampler,
-                                    resolve_resume_checkpoint, write_json)
+                                    resolve_resume_checkpoint)
 
 from image_train import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
 
@@ -76,9 +76,7 @@ def main(argv=None) -> None:
         weight_decay=args.weight_decay, lr_anneal_steps=args.iterations if args.anneal_lr else 0,
         max_steps=args.max_steps or args.iterations, seed=args.seed, flags=flags, progress=args.progress,
     )
-    logger.configure(log_path)
-    if dist_util.is_main():
-        write_json(flags_of(args, drop=("gpus",)), os.path.join(log_path, "flags.json"))
+    open_run_folder(log_path, args)
     logger.log(f"training a {'noisy' if args.noised else 'clean'} classifier on {len(dataset)} images, "
                f"{dataset.num_classes} classes")
     loop.run_loop()

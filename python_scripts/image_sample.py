@@ -54,21 +54,27 @@ def load_diffusion_model(args, argv):
     return model, diffusion
 
 
-def main(argv=None) -> None:
-    args = create_argparser().parse_args(argv)
-    dist_util.setup_dist(args.gpus)
-    model, diffusion = load_diffusion_model(args, argv)
-    log_path = resolve_log_path(args, "image_sample")
-    logger.configure(log_path)
+def sample_seeds(args, model, diffusion, log_path: str, *, num_classes, cond_fn=None) -> str:
+    """Seeds ``--seed`` .. ``--seed + num_samples - 1`` into the npz, grid and flags in ``log_path``."""
     sample_batch = make_batch_sampler(
         model, diffusion, image_size=args.image_size, use_ddim=args.use_ddim, clip_denoised=args.clip_denoised,
-        num_classes=args.num_classes if args.class_cond else None, class_cond=args.class_cond, eta=args.ddim_eta)
+        num_classes=num_classes, class_cond=args.class_cond, cond_fn=cond_fn, eta=args.ddim_eta)
     seeds = range(args.seed, args.seed + args.num_samples)
     path = run_seeded_sampling(sample_batch, seeds=seeds, batch_size=args.batch_size, out_dir=log_path,
                                image_shape=(args.image_size, args.image_size),
                                identity=flags_of(args, drop=NOT_IN_IDENTITY),
                                flags=flags_of(args, drop=("gpus",)), progress=args.progress)
     logger.log(f"samples in {os.path.abspath(path)}")
+    return path
+
+
+def main(argv=None) -> None:
+    args = create_argparser().parse_args(argv)
+    dist_util.setup_dist(args.gpus)
+    model, diffusion = load_diffusion_model(args, argv)
+    log_path = resolve_log_path(args, "image_sample")
+    logger.configure(log_path)
+    sample_seeds(args, model, diffusion, log_path, num_classes=args.num_classes if args.class_cond else None)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ import sys
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path,
+from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, open_run_folder, resolve_log_path,
                                   run_cli)
 from guided_diffusion.data import DataError, ImageFolderDataset, build_dataset, load_data
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
-from guided_diffusion.train import (TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint,
-                                    write_json)
+from guided_diffusion.train import (TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint)
 
 # Flags that only choose how data is read (shared with classifier_train.py).
 # num_workers -1: decoding workers for image folders, none for in-memory data (npz, builtin).
@@ -104,9 +103,7 @@ def main(argv=None) -> None:
         seed=args.seed, flags=model_flags, progress=args.progress,
     )
     # Every input has been checked: only now does the run folder appear.
-    logger.configure(log_path)
-    if dist_util.is_main():
-        write_json(flags_of(args, drop=("gpus",)), os.path.join(log_path, "flags.json"))
+    open_run_folder(log_path, args)
     logger.log(f"training on {len(dataset)} images from {args.data_dir}, {dist_util.get_world_size()} rank(s), "
                f"{sum(p.numel() for p in model.parameters()):,} parameters")
     loop.run_loop()

@@ -7,6 +7,7 @@ loader workers, a restart, or the process a rank runs in cannot change what a mo
 
 from __future__ import annotations
 
+import abc
 import math
 import operator
 import os
@@ -111,7 +112,7 @@ def to_model_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
-class BaseImageDataset(torch.utils.data.Dataset):
+class BaseImageDataset(torch.utils.data.Dataset, abc.ABC):
     """Square RGB images keyed by ``(index, aug_seed)``; items are ``(float32 CHW in [-1, 1], label)``.
 
     ``labels`` (int64, one per item) and ``class_names`` are None for unlabelled data, whose items carry
@@ -127,12 +128,13 @@ class BaseImageDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return 0 if self.class_names is None else len(self.class_names)
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _load(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """The item as uint8 HWC, image_size square, before flipping."""
-        raise NotImplementedError
 
     def _split_key(self, key: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(key, (tuple, list)):

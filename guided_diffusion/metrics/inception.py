@@ -7,6 +7,7 @@ Weights are only ever read from a local file: nothing here touches the network.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from collections.abc import Mapping
@@ -214,7 +215,7 @@ class FIDInceptionV3(nn.Module):
         return pool @ self.fc.weight.T
 
 
-class FeatureNet(nn.Module):
+class FeatureNet(nn.Module, abc.ABC):
     """Base class: uint8 (or 0..255 float) NCHW images in, float32 {"pool", "spatial", "logits"} out.
 
     "spatial" is flattened in NHWC order because that is how ADM's reference mu_s / sigma_s were made.
@@ -280,8 +281,9 @@ class FeatureNet(nn.Module):
                                    f"expected {(n, dim)}")
         return {key: out[key].float() for key in expected}
 
+    @abc.abstractmethod
     def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        ...
 
 
 class InceptionFeatures(FeatureNet):

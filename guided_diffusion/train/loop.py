@@ -11,6 +11,7 @@ and resumed from it continues with exactly the losses of an uninterrupted run.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import hashlib
@@ -60,7 +61,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """Generic loop; subclasses implement ``compute_loss(batch, cond) -> scalar loss``.
 
     :param data: an iterator of (batch, cond) or a callable ``start_step -> iterator`` (needed for exact
@@ -151,16 +152,17 @@ class Trainer:
             self.load_extra_state(resume_state)
 
     # ------------------------------------------------------------------------------------------ hooks
+    @abc.abstractmethod
     def compute_loss(self, batch: torch.Tensor, cond: Dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The scalar loss of one micro-batch (already on the device, inside the autocast context)."""
 
-    def after_step(self) -> None:
+    def after_step(self) -> None:  # noqa: B027 (an optional hook)
         """Called after every optimizer step (e.g. validation)."""
 
     def extra_state(self) -> dict:
         return {}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_extra_state(self, state: dict) -> None:  # noqa: B027 (an optional hook)
         pass
 
     # ------------------------------------------------------------------------------------------ loop

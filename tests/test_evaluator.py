@@ -15,7 +15,7 @@ from guided_diffusion.cli import run_cli
 from guided_diffusion.metrics.evaluate import evaluate, make_reference
 from guided_diffusion.metrics.image_batches import NpzBatch
 from guided_diffusion.metrics.inception import load_feature_net
-from guided_diffusion.sample_writer import write_npz
+from guided_diffusion.sample_writer import run_seeded_sampling, write_npz
 from script_runs import REPO, run_script
 
 
@@ -45,8 +45,10 @@ def net():
 @pytest.fixture(scope="module")
 def batches(tmp_path_factory):
     d = tmp_path_factory.mktemp("batches")
-    ours = d / "samples_200x16x16x3.npz"
-    write_npz(str(ours), images(200), np.arange(200) % 10)  # what the sampling scripts write
+    pool = images(200)
+    ours = run_seeded_sampling(  # the sampling scripts' writer: shards, then the assembled npz
+        lambda seeds: (pool[seeds], np.asarray(seeds) % 10), seeds=range(200), batch_size=64,
+        out_dir=str(d / "sampled"), image_shape=(16, 16), identity={}, progress=False)
     by_hand = d / "by_hand.npz"
     np.savez(by_hand, images(200))  # ADM's positional arr_0, made with NumPy alone
     compressed = d / "compressed.npz"
@@ -83,7 +85,7 @@ def test_stored_reference_statistics_are_used_and_agree(batches, net):
 
 
 def test_fid_grows_with_corruption(batches, net, tmp_path):
-    clean = np.load(batches["ours"])["arr_0"]
+    clean = np.load(batches["by_hand"])["arr_0"]
     fids = []
     for sigma in (0, 20, 60):
         noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 255).astype(np.uint8)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import copy
 import hashlib
 import inspect
 import os
@@ -148,6 +147,11 @@ class Trainer(abc.ABC):
         else:
             logger.log(f"no {os.path.basename(opt_path)} beside the checkpoint: the optimizer starts fresh")
         if resume_state is not None:
+            saved_world = resume_state.get("world_size", self.world_size)
+            if saved_world != self.world_size:
+                logger.log(f"note: the checkpoint was trained on {saved_world} ranks, this run has "
+                           f"{self.world_size}; training continues, but the data order differs from an "
+                           "uninterrupted run")
             self.mp_trainer.lg_loss_scale = float(resume_state.get("lg_loss_scale", self.mp_trainer.lg_loss_scale))
             self.load_extra_state(resume_state)
 
@@ -258,18 +262,6 @@ class Trainer(abc.ABC):
                         os.path.join(folder, f"model{step:06d}.pt"))
             logger.log(f"saved checkpoint model{step:06d}.pt")
         dist_util.barrier()
-
-    def ema_state_dict(self, rate: float) -> dict:
-        return self.mp_trainer.master_params_to_state_dict(self.ema_params[self.ema_rate.index(rate)])
-
-    def copy_model(self, rate: Optional[float] = None) -> nn.Module:
-        """A float32 copy of the model with the current (or EMA ``rate``) weights, for sampling."""
-        model = copy.deepcopy(self.model)
-        if hasattr(model, "convert_to_fp32"):
-            model.convert_to_fp32()
-        params = self.mp_trainer.master_params if rate is None else self.ema_params[self.ema_rate.index(rate)]
-        model.load_state_dict(self.mp_trainer.master_params_to_state_dict(params))
-        return model
 
 
 __all__ = ["Trainer", "parse_ema_rates", "step_seed", "param_digest"]

@@ -34,7 +34,8 @@ def lora_scale(r: int, lora_alpha: float, scale_convention: str) -> float:
         return lora_alpha / r
     if scale_convention == "unit":
         return 1.0
-    raise ValueError(f"unknown LoRA scale convention {scale_convention!r}; choose one of {SCALE_CONVENTIONS}")
+    raise ValueError(f"unknown LoRA scale convention {scale_convention!r}; "
+                     f"choose one of {SCALE_CONVENTIONS}")
 
 
 class _LoRABase(nn.Module):
@@ -42,8 +43,8 @@ class _LoRABase(nn.Module):
 
     Merging replaces the wrapped weight's data by W + delta and keeps the original tensor as a non-persistent
     buffer, so unmerging restores it bit for bit (W + d - d is not W in floating point). While merged,
-    ``state_dict`` still reports the unmerged weight, so a checkpoint saved from a merged layer does not count
-    the delta twice, and loading a state dict unmerges first.
+    ``state_dict`` still reports the unmerged weight, so a checkpoint saved from a merged layer does not
+    count the delta twice, and loading a state dict unmerges first.
     """
 
     r: int
@@ -208,7 +209,11 @@ def check_lora_ranks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
             if value is None or tuple(value.shape) == tuple(ours.shape):
                 continue
             rank_axis = 0 if factor == "lora_A" else 1
-            theirs = value.shape[rank_axis] // layer.kernel_factor if value.ndim == 2 else "?"
+            other = 1 - rank_axis
+            k = layer.kernel_factor
+            if value.ndim != 2 or value.shape[other] != ours.shape[other] or value.shape[rank_axis] % k:
+                continue  # not explained by the rank alone: leave it to the layout check
+            theirs = value.shape[rank_axis] // k
             raise ValueError(
                 f"LoRA rank mismatch at {prefix + factor}: the checkpoint has rank {theirs} "
                 f"(shape {tuple(value.shape)}), the model was built with rank {layer.r} "

@@ -1,42 +1,79 @@
-"""Sample with ADM classifier guidance: a diffusion model steered by a noisy classifier's gradient.
+"""Sample with classifier guidance: a diffusion model steered by a classifier's gradient.
+
+ADM (``--method adm``, the default): a noisy EncoderUNet classifier from classifier_train.py.
 
     python python_scripts/classifier_sample.py --model_path runs/digits/ema_0.9999_002000.pt \
         --classifier_path runs/digits_classifier/model001000.pt --classifier_scale 4.0 \
         --num_samples 64 --timestep_respacing ddim25 --use_ddim True --log_path runs/guided
 
-Writes ``samples_NxHxWx3.npz`` with ``arr_1`` = the target labels, a PNG grid and the flags. Model and
-classifier flags left off the command line are read from the ``flags.json`` beside each checkpoint.
+PPAP (Go et al. 2023): an off-the-shelf classifier (``--classifier_name ResNet18|ResNet50|ResNet152|DEIT``)
+    --method naive          as is, on ImageNet-normalised x_t (optional path: its weights)
+    --method finetune       --classifier_path 0_max1.ckpt: one classifier fine-tuned on noisy images
+    --method multi_experts  --classifier_path 0_max5.ckpt ... 4_max5.ckpt: one classifier per step range
+    --method ppap           --classifier_path 0_max5.ckpt ... 4_max5.ckpt: LoRA experts (--gamma = rank)
+The expert of a step is chosen by its original train index, so any respacing routes correctly. The PPAP
+methods guide with the paper's scale 7.5 unless ``--classifier_scale`` is given.
+
+Writes ``samples_NxHxWx3.npz`` with ``arr_1`` = the target labels (drawn from each sample's seed, or all
+``--target_label K``), a PNG grid and the flags. Model and classifier flags left off the command line are
+read from the ``flags.json`` beside each checkpoint (for PPAP: beside the first classifier path).
 Sample i uses seed ``--seed + i`` for its noise and its target label; resumable like image_sample.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch.nn as nn
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.adm_sampling import load_model_checked
-from guided_diffusion.cli import fill_flags_from_checkpoint, resolve_log_path, run_cli
+from guided_diffusion.adm_sampling import load_model_checked, make_batch_sampler
+from guided_diffusion.cli import (explicit_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path,
+                                  run_cli)
 from guided_diffusion.guidance import classifier_cond_fn
-from guided_diffusion.script_util import add_dict_to_argparser, args_to_dict, classifier_defaults, create_classifier
+from guided_diffusion.ppap.guidance import (METHODS, PAPER_CLASSIFIER_SCALE, fixed_label,
+                                            load_guidance_classifier)
+from guided_diffusion.sample_writer import run_seeded_sampling
+from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,
+                                          create_classifier)
 
-from image_sample import SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
+from image_sample import NOT_IN_IDENTITY, SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
 from image_sample import create_argparser as image_sample_argparser
+
+# Read from the flags.json of a classifier_train PPAP run (n_experts only where it counts experts: a
+# finetune run records the unused --n_experts flag too).
+PPAP_SAVED_FLAGS = ("classifier_name", "gamma", "lora_alpha", "lora_scale_convention",
+                    "classifier_num_classes")
 
 
 def create_argparser() -> argparse.ArgumentParser:
     parser = image_sample_argparser()
     parser.description = __doc__
-    defaults = dict(classifier_path="", classifier_scale=1.0)
+    parser.add_argument("--method", default="adm", choices=("adm",) + METHODS,
+                        help="adm: ADM's noisy classifier; naive/finetune/multi_experts/ppap: PPAP's")
+    parser.add_argument("--classifier_path", nargs="+", default=[],
+                        help="the classifier checkpoint, or one per expert in expert order")
+    defaults = dict(classifier_scale=1.0)
     defaults.update({k: v for k, v in classifier_defaults().items() if k not in SAMPLE_DEFAULTS
                      and k != "image_size"})
+    # n_experts 0: one per --classifier_path; lora_scale_convention "": the run's, else "released".
+    defaults.update(classifier_name="ResNet50", n_experts=0, gamma=16, lora_alpha=8.0,
+                    lora_scale_convention="", target_label=-1)
     add_dict_to_argparser(parser, defaults)
     return parser
 
 
-def load_classifier(args, argv):
+def load_adm_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> nn.Module:
     if not args.classifier_path:
         raise FileNotFoundError("--classifier_path is required: the noisy classifier's modelNNNNNN.pt")
+    if len(args.classifier_path) > 1:
+        raise ValueError(f"--method adm takes one --classifier_path, got {len(args.classifier_path)}; "
+                         "several paths are PPAP experts (--method multi_experts or ppap)")
+    args.classifier_path = args.classifier_path[0]  # saved flags keep ADM's single-path form
     keys = [k for k in classifier_defaults() if k.startswith("classifier_") and k != "classifier_use_fp16"]
     fill_flags_from_checkpoint(args, args.classifier_path, keys, argv)
     flags = args_to_dict(args, classifier_defaults().keys())
@@ -45,20 +82,66 @@ def load_classifier(args, argv):
                               use_fp16=args.classifier_use_fp16)
 
 
-def main(argv=None) -> None:
+def load_ppap_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]], diffusion) -> nn.Module:
+    paths = args.classifier_path
+    keys = PPAP_SAVED_FLAGS + (("n_experts",) if args.method in ("multi_experts", "ppap") else ())
+    filled = fill_flags_from_checkpoint(args, paths[0], keys, argv) if paths else []
+    if filled and dist_util.is_main():
+        print(f"classifier flags from the checkpoint's flags.json: {', '.join(filled)}")
+    if "classifier_scale" not in explicit_flags(argv):
+        args.classifier_scale = PAPER_CLASSIFIER_SCALE
+    return load_guidance_classifier(
+        args.method, paths, classifier_name=args.classifier_name, n_experts=args.n_experts or None,
+        gamma=args.gamma, lora_alpha=args.lora_alpha, num_classes=args.classifier_num_classes,
+        scale_convention=args.lora_scale_convention or None, total_steps=diffusion.original_num_steps,
+        noise_schedule=args.noise_schedule, device=dist_util.dev())
+
+
+def sample_target_label(args: argparse.Namespace, model, diffusion, log_path: str, *, num_classes: int,
+                        cond_fn) -> None:
+    """Like ``sample_seeds``, with every sample guided towards (and labelled) ``--target_label``."""
+    label = args.target_label
+    batch = make_batch_sampler(
+        fixed_label(model, label), diffusion, image_size=args.image_size, use_ddim=args.use_ddim,
+        clip_denoised=args.clip_denoised, num_classes=num_classes, class_cond=args.class_cond,
+        cond_fn=None if cond_fn is None else fixed_label(cond_fn, label), eta=args.ddim_eta)
+
+    def sample_batch(seeds):
+        images, labels = batch(seeds)
+        return images, np.full_like(labels, label)
+
+    path = run_seeded_sampling(sample_batch, seeds=range(args.seed, args.seed + args.num_samples),
+                               batch_size=args.batch_size, out_dir=log_path,
+                               image_shape=(args.image_size, args.image_size),
+                               identity=flags_of(args, drop=NOT_IN_IDENTITY),
+                               flags=flags_of(args, drop=("gpus",)), progress=args.progress)
+    logger.log(f"samples in {os.path.abspath(path)}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = create_argparser().parse_args(argv)
     dist_util.setup_dist(args.gpus)
     model, diffusion = load_diffusion_model(args, argv)
-    classifier = load_classifier(args, argv)
+    if args.method == "adm":
+        classifier = load_adm_classifier(args, argv)
+    else:
+        classifier = load_ppap_classifier(args, argv, diffusion)
     num_classes = args.classifier_num_classes
     if args.class_cond and args.num_classes != num_classes:
         raise ValueError(f"the model has {args.num_classes} classes and the classifier {num_classes}; "
                          "they must agree")
+    if args.target_label >= num_classes:
+        raise ValueError(f"--target_label {args.target_label} is not a class of the {num_classes}-class "
+                         "classifier")
     log_path = resolve_log_path(args, "classifier_sample")
     logger.configure(log_path)
-    # Scale 0 samples unguided with the same seeds and target labels: a paired baseline.
+    # Scale 0 samples unguided with the same seeds and target labels: a paired baseline. The classifier
+    # receives original train indices (respacing maps them), which is what routes PPAP's experts.
     cond_fn = classifier_cond_fn(classifier, args.classifier_scale) if args.classifier_scale else None
-    sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
+    if args.target_label >= 0:
+        sample_target_label(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
+    else:
+        sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
 
 
 if __name__ == "__main__":

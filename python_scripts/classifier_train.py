@@ -8,21 +8,37 @@
 prefix``, ADM: ``<class>_<anything>.png``) or the parent folders (``--label_from folder``). Checkpoints
 ``modelNNNNNN.pt``/``optNNNNNN.pt`` and ``flags.json`` land in ``--log_path``; ``--resume_checkpoint``
 continues a run. Logs train/val loss, acc@1 and acc@5, overall and per quarter of the diffusion steps.
+
+PPAP's methods train an off-the-shelf classifier (``--classifier_name ResNet18|ResNet50|ResNet152|DEIT``,
+weights from ``--classifier_init PATH``) instead, writing ``{expert}_max{n}.ckpt`` in PPAP's layouts:
+
+    --method finetune       one classifier on noisy labelled data (labels: parent folder by default)
+    --method multi_experts  --n_experts 5: one classifier per fifth of the diffusion steps
+    --method ppap           --n_experts 5 --gamma 16 --lora_alpha 8: LoRA experts distilled from the
+                            clean classifier on unlabeled generated images (generate_dataset.py)
+    --method clean          a clean classifier with ImageNet-normalised input: an off-the-shelf
+                            classifier for data that has none (the teacher and the naive baseline)
+
+``--iterations`` is split evenly over the experts; ``--anneal_lr`` anneals within each expert.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, open_run_folder, resolve_log_path,
-                                  run_cli)
+from guided_diffusion.cli import (add_run_flags, explicit_flags, fill_flags_from_checkpoint, open_run_folder,
+                                  resolve_log_path, run_cli)
+from guided_diffusion.ppap.classifiers import canonical_classifier_name
+from guided_diffusion.ppap.experts import ExpertRanges
+from guided_diffusion.ppap.training import train_experts
 from guided_diffusion.data import DataError
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
-                                          create_classifier_and_diffusion)
+                                          create_classifier_and_diffusion, create_gaussian_diffusion)
 from guided_diffusion.train import (ClassifierTrainLoop, create_named_schedule_sampler,
                                     resolve_resume_checkpoint)
 
@@ -37,15 +53,54 @@ def create_argparser() -> argparse.ArgumentParser:
     defaults.update(RUN_DEFAULTS)
     defaults["random_crop"] = True  # ADM's classifier_train crops randomly
     defaults.update(classifier_and_diffusion_defaults())
+    # PPAP: --method finetune | multi_experts | ppap trains an off-the-shelf classifier instead of ADM's.
+    defaults.update(method="adm", classifier_name="ResNet50", classifier_init="", n_experts=5, gamma=16,
+                    lora_alpha=8.0, lora_scale_convention="alpha_over_r", mixed_precision=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dict_to_argparser(parser, defaults)
     add_run_flags(parser, "classifier_train")
     return parser
 
 
+def train_ppap_method(args, argv) -> None:
+    """finetune / multi_experts on labelled real data, ppap on unlabeled generated data."""
+    labelled = args.method != "ppap"
+    canonical_classifier_name(args.classifier_name)  # bad names and missing files fail before any output
+    if args.classifier_init and not os.path.isfile(args.classifier_init):
+        raise FileNotFoundError(f"--classifier_init {args.classifier_init!r} does not exist; pass the "
+                                "off-the-shelf classifier's weights (a state dict) or leave it empty")
+    if labelled and "label_from" not in explicit_flags(argv):
+        args.label_from = "folder"  # PPAP's convention: the class is the parent folder
+    if args.method == "ppap" and "random_crop" not in explicit_flags(argv):
+        args.random_crop = False  # PPAP centre-crops its generated images
+    dataset = open_dataset(args, class_cond=labelled)
+    if labelled and dataset.num_classes > args.classifier_num_classes:
+        raise DataError(f"the data has {dataset.num_classes} classes but --classifier_num_classes is "
+                        f"{args.classifier_num_classes}; raise it")
+    diffusion = create_gaussian_diffusion(steps=args.diffusion_steps, noise_schedule=args.noise_schedule)
+    ExpertRanges(1 if args.method in ("finetune", "clean") else args.n_experts, diffusion.num_timesteps)
+    log_path = resolve_log_path(args, f"classifier_{args.method}")
+    open_run_folder(log_path, args)
+    torch.manual_seed(args.seed)
+    use_bf16 = args.use_bf16 or (args.mixed_precision and dist_util.dev().type == "cuda")
+    paths = train_experts(
+        method=args.method, classifier_name=args.classifier_name, diffusion=diffusion,
+        data=data_stream(args, dataset, class_cond=labelled), n_experts=args.n_experts,
+        iterations=args.iterations, num_classes=args.classifier_num_classes, init_path=args.classifier_init,
+        gamma=args.gamma, lora_alpha=args.lora_alpha, scale_convention=args.lora_scale_convention,
+        anneal_lr=args.anneal_lr,
+        trainer_kwargs=dict(batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr,
+                            weight_decay=args.weight_decay, log_interval=args.log_interval,
+                            save_interval=args.save_interval, seed=args.seed, use_bf16=use_bf16,
+                            progress=args.progress))
+    logger.log("experts: " + " ".join(paths))
+
+
 def main(argv=None) -> None:
     args = create_argparser().parse_args(argv)
     dist_util.setup_dist(args.gpus)
+    if args.method != "adm":
+        return train_ppap_method(args, argv)
     model_keys = list(classifier_and_diffusion_defaults().keys())
     args.resume_checkpoint = resolve_resume_checkpoint(args.resume_checkpoint)
     if args.resume_checkpoint:

@@ -27,7 +27,8 @@ from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, c
 from guided_diffusion.train import (TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint)
 
 # Flags that only choose how data is read (shared with classifier_train.py).
-# num_workers -1: decoding workers for image folders, none for in-memory data (npz, builtin).
+# num_workers -1: decoding workers for image folders on GPU machines; none for in-memory data (npz,
+# builtin) or on CPU, where workers would take the cores the model needs.
 DATA_DEFAULTS = dict(data_dir="", label_from="prefix", random_flip=True, random_crop=False, allow_upscale=False,
                      num_workers=-1)
 # Flags that describe the run rather than the model (shared with classifier_train.py).
@@ -65,7 +66,8 @@ def data_stream(args, dataset, class_cond: bool):
     """``start_step -> batches``, so a resumed run continues the stream where its checkpoint left it."""
     workers = args.num_workers
     if workers < 0:
-        workers = min(4, os.cpu_count() or 1) if isinstance(dataset, ImageFolderDataset) else 0
+        folder = isinstance(dataset, ImageFolderDataset) and dist_util.dev().type == "cuda"
+        workers = min(4, os.cpu_count() or 1) if folder else 0
     return lambda start_step: load_data(
         data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size, class_cond=class_cond,
         random_crop=args.random_crop, random_flip=args.random_flip, label_from=args.label_from,

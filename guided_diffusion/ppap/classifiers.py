@@ -66,21 +66,23 @@ class ModelWithResize(nn.Module):
         return self.classifier(x)
 
 
-def _build_bare(name: str) -> nn.Module:
+def _build_bare(name: str, num_classes: int) -> nn.Module:
     if name in RESNET_NAMES:
         import torchvision
 
-        return getattr(torchvision.models, name.lower())(weights=None, num_classes=1000)
+        return getattr(torchvision.models, name.lower())(weights=None, num_classes=num_classes)
     import timm
 
-    return ModelWithResize(timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=1000))
+    return ModelWithResize(timm.create_model("deit_small_patch16_224", pretrained=False,
+                                             num_classes=num_classes))
 
 
-def build_classifier(name: str, init_path: Optional[str] = None) -> nn.Module:
+def build_classifier(name: str, init_path: Optional[str] = None, num_classes: int = 1000) -> nn.Module:
     """An off-the-shelf classifier ("ResNet18", "ResNet50", "ResNet152" or "DEIT"), randomly initialised or
-    loaded strictly from a local state dict in the finetune layout (torchvision keys / ``classifier.``)."""
+    loaded strictly from a local state dict in the finetune layout (torchvision keys / ``classifier.``).
+    ``num_classes`` other than ImageNet's 1000 serves small benchmarks (e.g. the 10 digits)."""
     name = canonical_classifier_name(name)
-    model = _build_bare(name)
+    model = _build_bare(name, num_classes)
     if init_path:
         load_classifier_state_dict(model, read_state_dict(init_path), what=f"{name} init_path {init_path}")
     return model

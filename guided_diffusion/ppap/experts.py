@@ -259,10 +259,11 @@ class FullExpertSet(nn.Module):
         self.experts = nn.ModuleList(models)
 
     @classmethod
-    def build(cls, name: str, n_experts: int = 5, total_steps: int = 1000) -> "FullExpertSet":
+    def build(cls, name: str, n_experts: int = 5, total_steps: int = 1000,
+              num_classes: int = 1000) -> "FullExpertSet":
         """n freshly built off-the-shelf classifiers (load weights with :meth:`load_expert_state_dicts`)."""
         ExpertRanges(n_experts, total_steps)  # fail before building n networks
-        return cls([build_classifier(name) for _ in range(n_experts)], total_steps)
+        return cls([build_classifier(name, num_classes=num_classes) for _ in range(n_experts)], total_steps)
 
     @property
     def n_experts(self) -> int:

@@ -1,0 +1,125 @@
+"""classifier_train.py --method clean | finetune | multi_experts | ppap on tiny digits: files, layouts, losses."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from guided_diffusion.cli import run_cli
+from guided_diffusion.ppap import add_lora, build_classifier, check_state_dict_layout, read_state_dict
+from guided_diffusion.ppap.training import distillation_loss
+from script_runs import import_script
+
+classifier_train = import_script("classifier_train")
+COMMON = ["--classifier_name", "ResNet18", "--classifier_num_classes", 10, "--image_size", 8,
+          "--diffusion_steps", 100, "--random_flip", "False", "--batch_size", 8, "--save_interval", 1000,
+          "--progress", "False"]
+
+
+def train(tmp_path, name, method, iterations, *extra):
+    argv = COMMON + ["--method", method, "--iterations", iterations, "--log_path", tmp_path / name, *extra]
+    run_cli(classifier_train.main, [str(a) for a in argv])
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ppap_runs")
+    clean = train(root, "clean", "clean", 6, "--data_dir", "builtin:digits")
+    gen = root / "generated"
+    gen.mkdir()
+    for i in range(12):  # stands in for generate_dataset.py output: unlabeled PNGs
+        Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy()).save(gen / f"{i:06d}.png")
+    out = {"clean": clean, "gen": gen}
+    init = ["--classifier_init", clean / "0_max1.ckpt"]
+    out["finetune"] = train(root, "finetune", "finetune", 4, "--data_dir", "builtin:digits", *init)
+    out["multi"] = train(root, "multi", "multi_experts", 4, "--n_experts", 2, "--data_dir", "builtin:digits",
+                         *init)
+    out["ppap"] = train(root, "ppap", "ppap", 4, "--n_experts", 2, "--gamma", 4, "--lora_alpha", 4,
+                        "--data_dir", gen, *init)
+    return out
+
+
+def test_checkpoint_names_and_layouts(runs):
+    names = lambda d: sorted(f for f in os.listdir(d) if f.endswith(".ckpt"))  # noqa: E731
+    assert names(runs["finetune"]) == ["0_iteration4_max1.ckpt", "0_max1.ckpt"]
+    assert names(runs["multi"]) == ["0_iteration2_max2.ckpt", "0_max2.ckpt", "1_iteration2_max2.ckpt",
+                                    "1_max2.ckpt"]
+    plain = build_classifier("ResNet18", num_classes=10)
+    student = add_lora(plain, "ResNet18", r=4, lora_alpha=4)
+    check_state_dict_layout(plain, read_state_dict(str(runs["multi"] / "1_max2.ckpt")))
+    check_state_dict_layout(student, read_state_dict(str(runs["ppap"] / "1_max2.ckpt")))
+
+
+def test_ppap_experts_change_only_their_trainable_part(runs):
+    clean = read_state_dict(str(runs["clean"] / "0_max1.ckpt"))
+    e0, e1 = (read_state_dict(str(runs["ppap"] / f"{i}_max2.ckpt")) for i in range(2))
+    student = add_lora(build_classifier("ResNet18", num_classes=10), "ResNet18", r=4, lora_alpha=4)
+    from guided_diffusion.ppap import ppap_trainable_names
+    trainable = set(ppap_trainable_names(student, "ResNet18"))
+    for key, value in e0.items():
+        base_key = key[len("resnet."):].replace(".conv.weight", ".weight")
+        if key in trainable or "running_" in key or "num_batches" in key:
+            continue
+        if "lora_" not in key:  # the frozen backbone is the teacher's, untouched, and shared by the experts
+            torch.testing.assert_close(value, clean[base_key], rtol=0, atol=0, msg=key)
+            torch.testing.assert_close(e1[key], value, rtol=0, atol=0, msg=key)
+    lora_b = [k for k in trainable if k.endswith("lora_B")]
+    assert all(e0[k].abs().sum() > 0 for k in lora_b[:3])  # B starts at zero: training moved it
+    assert any(not torch.equal(e0[k], e1[k]) for k in lora_b)  # the two experts differ
+
+
+def test_finetune_moves_every_weight(runs):
+    clean = read_state_dict(str(runs["clean"] / "0_max1.ckpt"))
+    ft = read_state_dict(str(runs["finetune"] / "0_max1.ckpt"))
+    assert not torch.equal(clean["conv1.weight"], ft["conv1.weight"])
+    assert not torch.equal(clean["fc.weight"], ft["fc.weight"])
+
+
+def test_distillation_loss_is_the_class_averaged_kl_to_the_sharpened_teacher():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    p = F.softmax(t / 0.25, -1)
+    expected = F.kl_div(F.log_softmax(s, -1), p, reduction="none").mean()
+    torch.testing.assert_close(distillation_loss(t, s), expected)
+    assert distillation_loss(t, t * 4).item() == pytest.approx(0.0, abs=1e-6)  # student = sharpened teacher
+
+
+def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
+    from guided_diffusion.diffusion import gaussian_diffusion as gd
+    seen = []
+    real = gd.GaussianDiffusion.q_sample
+
+    def spy(self, x_start, t, noise=None):
+        seen.append(t.clone())
+        return real(self, x_start, t, noise)
+
+    monkeypatch.setattr(gd.GaussianDiffusion, "q_sample", spy)
+    train(tmp_path, "m", "multi_experts", 6, "--n_experts", 2, "--data_dir", "builtin:digits")
+    first, second = torch.cat(seen[:3]), torch.cat(seen[3:])
+    assert first.min() >= 0 and first.max() < 50 and second.min() >= 50 and second.max() < 100
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--method", "multi_experts", "--n_experts", 3, "--data_dir", "builtin:digits"], ["n_experts=3", "divide"]),
+    (["--method", "finetune", "--classifier_name", "VGG11", "--data_dir", "builtin:digits"], ["VGG11"]),
+    (["--method", "ppap", "--data_dir", "EMPTY"], ["no image files"]),
+    (["--method", "ppap", "--data_dir", "builtin:digits", "--classifier_init", "nowhere.ckpt"],
+     ["nowhere.ckpt", "does not exist"]),
+])
+def test_bad_input(tmp_path, capsys, extra, words):
+    (tmp_path / "EMPTY").mkdir()
+    extra = [tmp_path / "EMPTY" if a == "EMPTY" else a for a in extra]
+    with pytest.raises(SystemExit) as exc:  # the last --classifier_name wins
+        run_cli(classifier_train.main, [str(a) for a in COMMON + ["--iterations", 2, "--log_path",
+                                                                     tmp_path / "run"] + extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "run").exists()

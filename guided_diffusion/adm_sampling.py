@@ -32,12 +32,14 @@ def load_model_checked(model: torch.nn.Module, path: str, *, flags: Optional[dic
 
 def make_batch_sampler(model, diffusion, *, image_size: int, use_ddim: bool = False, clip_denoised: bool = True,
                        num_classes: Optional[int] = None, class_cond: bool = False,
-                       cond_fn: Optional[Callable] = None, eta: float = 0.0, progress: bool = False
-                       ) -> Callable[[List[int]], tuple]:
+                       cond_fn: Optional[Callable] = None, eta: float = 0.0, progress: bool = False,
+                       fixed_label: Optional[int] = None) -> Callable[[List[int]], tuple]:
     """``seeds -> (uint8 NHWC images, labels or None)``.
 
     Labels are drawn when ``num_classes`` is given (for a class-conditional model, for classifier
     guidance, or both); a class-conditional model receives them as ``y``, ``cond_fn`` always does.
+    ``fixed_label`` replaces every drawn label after the draw, so each seed's noise stream, and hence the
+    image pairing with a random-label run, is unchanged.
     """
     def model_fn(x, t, y=None):
         return model(x, t, y if class_cond else None)
@@ -47,6 +49,8 @@ def make_batch_sampler(model, diffusion, *, image_size: int, use_ddim: bool = Fa
         shape = (len(seeds), 3, image_size, image_size)
         noise = gen.randn(shape)
         labels = gen.randint(num_classes) if num_classes else None
+        if labels is not None and fixed_label is not None:
+            labels = torch.full_like(labels, fixed_label)
         kwargs = {} if labels is None else {"y": labels}
         loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
         extra = {"eta": eta} if use_ddim else {}

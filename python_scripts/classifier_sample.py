@@ -23,25 +23,21 @@ Sample i uses seed ``--seed + i`` for its noise and its target label; resumable 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
 import torch.nn as nn
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.adm_sampling import load_model_checked, make_batch_sampler
-from guided_diffusion.cli import (explicit_flags, fill_flags_from_checkpoint, flags_of, resolve_log_path,
+from guided_diffusion.adm_sampling import load_model_checked
+from guided_diffusion.cli import (explicit_flags, fill_flags_from_checkpoint, resolve_log_path,
                                   run_cli)
 from guided_diffusion.guidance import classifier_cond_fn
-from guided_diffusion.ppap.guidance import (METHODS, PAPER_CLASSIFIER_SCALE, fixed_label,
-                                            load_guidance_classifier)
-from guided_diffusion.sample_writer import run_seeded_sampling
+from guided_diffusion.ppap.guidance import METHODS, PAPER_CLASSIFIER_SCALE, load_guidance_classifier
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,
                                           create_classifier)
 
-from image_sample import NOT_IN_IDENTITY, SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
+from image_sample import SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
 from image_sample import create_argparser as image_sample_argparser
 
 # Read from the flags.json of a classifier_train PPAP run (n_experts only where it counts experts: a
@@ -62,7 +58,7 @@ def create_argparser() -> argparse.ArgumentParser:
                      and k != "image_size"})
     # n_experts 0: one per --classifier_path; lora_scale_convention "": the run's, else "released".
     defaults.update(classifier_name="ResNet50", n_experts=0, gamma=16, lora_alpha=8.0,
-                    lora_scale_convention="", target_label=-1)
+                    lora_scale_convention="")
     add_dict_to_argparser(parser, defaults)
     return parser
 
@@ -97,27 +93,6 @@ def load_ppap_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]]
         noise_schedule=args.noise_schedule, device=dist_util.dev())
 
 
-def sample_target_label(args: argparse.Namespace, model, diffusion, log_path: str, *, num_classes: int,
-                        cond_fn) -> None:
-    """Like ``sample_seeds``, with every sample guided towards (and labelled) ``--target_label``."""
-    label = args.target_label
-    batch = make_batch_sampler(
-        fixed_label(model, label), diffusion, image_size=args.image_size, use_ddim=args.use_ddim,
-        clip_denoised=args.clip_denoised, num_classes=num_classes, class_cond=args.class_cond,
-        cond_fn=None if cond_fn is None else fixed_label(cond_fn, label), eta=args.ddim_eta)
-
-    def sample_batch(seeds):
-        images, labels = batch(seeds)
-        return images, np.full_like(labels, label)
-
-    path = run_seeded_sampling(sample_batch, seeds=range(args.seed, args.seed + args.num_samples),
-                               batch_size=args.batch_size, out_dir=log_path,
-                               image_shape=(args.image_size, args.image_size),
-                               identity=flags_of(args, drop=NOT_IN_IDENTITY),
-                               flags=flags_of(args, drop=("gpus",)), progress=args.progress)
-    logger.log(f"samples in {os.path.abspath(path)}")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = create_argparser().parse_args(argv)
     dist_util.setup_dist(args.gpus)
@@ -138,10 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Scale 0 samples unguided with the same seeds and target labels: a paired baseline. The classifier
     # receives original train indices (respacing maps them), which is what routes PPAP's experts.
     cond_fn = classifier_cond_fn(classifier, args.classifier_scale) if args.classifier_scale else None
-    if args.target_label >= 0:
-        sample_target_label(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
-    else:
-        sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
+    sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from guided_diffusion.sample_writer import run_seeded_sampling
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
 
+# target_label -1: labels drawn from each sample's seed; K >= 0: every sample gets class K.
 SAMPLE_DEFAULTS = dict(clip_denoised=True, num_samples=10000, batch_size=16, use_ddim=False, model_path="",
-                       seed=0, ddim_eta=0.0, progress=True)
+                       seed=0, ddim_eta=0.0, progress=True, target_label=-1)
 # Flags that never change the pictures, so a resumed run may differ in them.
 NOT_IN_IDENTITY = ("batch_size", "log_path", "gpus", "progress")
 # Chosen at sampling time, never taken from the training flags.
@@ -56,9 +57,12 @@ def load_diffusion_model(args, argv):
 
 def sample_seeds(args, model, diffusion, log_path: str, *, num_classes, cond_fn=None) -> str:
     """Seeds ``--seed`` .. ``--seed + num_samples - 1`` into the npz, grid and flags in ``log_path``."""
+    if num_classes and args.target_label >= num_classes:
+        raise ValueError(f"--target_label {args.target_label} is not one of the {num_classes} classes")
     sample_batch = make_batch_sampler(
         model, diffusion, image_size=args.image_size, use_ddim=args.use_ddim, clip_denoised=args.clip_denoised,
-        num_classes=num_classes, class_cond=args.class_cond, cond_fn=cond_fn, eta=args.ddim_eta)
+        num_classes=num_classes, class_cond=args.class_cond, cond_fn=cond_fn, eta=args.ddim_eta,
+        fixed_label=args.target_label if args.target_label >= 0 else None)
     seeds = range(args.seed, args.seed + args.num_samples)
     path = run_seeded_sampling(sample_batch, seeds=seeds, batch_size=args.batch_size, out_dir=log_path,
                                image_shape=(args.image_size, args.image_size),

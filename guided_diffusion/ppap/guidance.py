@@ -295,17 +295,5 @@ def _load_full(model: nn.Module, path: str, state_dict: Mapping[str, torch.Tenso
     model.load_state_dict(state_dict, strict=True)
 
 
-def fixed_label(fn: Callable, label: int) -> Callable:
-    """``fn`` (a model ``(x, t, y)`` or a cond_fn ``(x, t, y=...)``) seeing ``label`` for every sample.
-
-    The sampler still draws each sample's label from its seed, so its noise stream, and hence the image
-    for a given seed, matches a run with random labels: a paired comparison.
-    """
-    def wrapped(x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **kwargs):
-        return fn(x, t, None if y is None else torch.full_like(y, label), **kwargs)
-
-    return wrapped
-
-
 __all__ = ["METHODS", "PAPER_CLASSIFIER_SCALE", "NaiveGuidance", "checkpoint_num_classes", "expert_position",
-           "fixed_label", "guess_classifier_name", "load_guidance_classifier", "read_ppap_flags"]
+           "guess_classifier_name", "load_guidance_classifier", "read_ppap_flags"]

@@ -1,6 +1,6 @@
 """PPAP on the built-in digits: naive, finetune, multi-experts and PPAP guidance of one unconditional model.
 
-    python python_scripts/ppap_benchmark.py            # about 15 minutes on a 2-core CPU
+    python python_scripts/ppap_benchmark.py            # about 20 minutes on a 2-core CPU
 
 It reuses the demo's stages and folder (``--out_dir demo_output``: the diffusion model and the judge are
 trained once for both), then:
@@ -46,8 +46,8 @@ RESNET = ["--classifier_name", "ResNet18", "--classifier_num_classes", 10, "--im
 
 def benchmark_defaults() -> dict:
     d = demo.demo_defaults()
-    d.update(clean_steps=400, finetune_iterations=500, ppap_iterations=500, n_experts=5, gamma=4, lora_alpha=4,
-             num_generated=1000, ppap_scale=7.5, methods="naive,finetune,multi_experts,ppap")
+    d.update(clean_steps=400, finetune_iterations=1000, ppap_iterations=2500, n_experts=5, gamma=16,
+             lora_alpha=16, num_generated=2000, ppap_scale=7.5, methods="naive,finetune,multi_experts,ppap")
     return d
 
 

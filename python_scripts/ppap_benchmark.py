@@ -1,6 +1,6 @@
 """PPAP on the built-in digits: naive, finetune, multi-experts and PPAP guidance of one unconditional model.
 
-    python python_scripts/ppap_benchmark.py            # about 20 minutes on a 2-core CPU
+    python python_scripts/ppap_benchmark.py            # 17.5 minutes on a 2-core CPU
 
 It reuses the demo's stages and folder (``--out_dir demo_output``: the diffusion model and the judge are
 trained once for both), then:

@@ -58,3 +58,33 @@ def import_script(name: str):
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
     return __import__(name)
+
+
+def tiny_flags(**overrides) -> dict:
+    """The ADM flag dict of TINY_MODEL (what flags.json beside a tiny checkpoint holds)."""
+    from guided_diffusion.script_util import model_and_diffusion_defaults
+    flags = model_and_diffusion_defaults()
+    it = iter(TINY_MODEL)
+    for k, v in zip(it, it):
+        key = k[2:]
+        flags[key] = v == "True" if isinstance(flags[key], bool) else type(flags[key])(v)
+    flags.update(overrides)
+    return flags
+
+
+def save_tiny_adm(folder: Path, seed: int = 3, **overrides) -> Path:
+    """A random tiny ADM saved as a run folder holds it (model000000.pt + flags.json); returns the path."""
+    import torch
+
+    from guided_diffusion.script_util import create_model_and_diffusion
+    from guided_diffusion.train import write_json
+    flags = tiny_flags(**overrides)
+    torch.manual_seed(seed)
+    model, _ = create_model_and_diffusion(**flags)
+    with torch.no_grad():  # the zero-initialised output layer would make every sample identical
+        for p in model.out.parameters():
+            p.normal_(0, 0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model000000.pt")
+    write_json(flags, str(folder / "flags.json"))
+    return folder / "model000000.pt"

@@ -12,21 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.train import param_digest, write_json
-from script_runs import TINY_MODEL, TINY_TRAIN, run_script, start_script
+from guided_diffusion.script_util import create_model_and_diffusion
+from guided_diffusion.train import param_digest
+from script_runs import TINY_TRAIN, run_script, save_tiny_adm, start_script, tiny_flags
 
 FINAL_NAME_PREFIXES = ("model", "ema_", "opt", "train_state")
-
-
-def tiny_flags(**overrides) -> dict:
-    flags = model_and_diffusion_defaults()
-    it = iter(TINY_MODEL)
-    for k, v in zip(it, it):
-        key = k[2:]
-        flags[key] = type(flags[key])(v) if not isinstance(flags[key], bool) else v == "True"
-    flags.update(overrides)
-    return flags
 
 
 def read_progress(path) -> dict:
@@ -110,17 +100,8 @@ def test_sigkill_after_first_checkpoint_then_resume_continues_exactly(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A random class-conditional tiny model saved as a run folder would hold it (weights + flags.json)."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    flags = tiny_flags(class_cond=True, num_classes=10)
-    torch.manual_seed(3)
-    model, _ = create_model_and_diffusion(**flags)
-    with torch.no_grad():  # the zero-initialised output layer would make every sample identical
-        for p in model.out.parameters():
-            p.normal_(0, 0.05)
-    torch.save(model.state_dict(), folder / "model000000.pt")
-    write_json(flags, str(folder / "flags.json"))
-    return folder / "model000000.pt"
+    """A random class-conditional tiny model with its flags.json."""
+    return save_tiny_adm(tmp_path_factory.mktemp("ckpt"), class_cond=True, num_classes=10)
 
 
 def test_samples_depend_on_seed_not_on_world_size_or_batch_size(tmp_path, tiny_checkpoint):

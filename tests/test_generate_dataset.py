@@ -5,28 +5,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 
 from guided_diffusion.data import build_dataset
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.train import write_json
-from script_runs import TINY_MODEL, run_script
+from script_runs import run_script, save_tiny_adm
 
 
 def test_generated_dataset_is_rank_independent_resumable_and_loadable(tmp_path):
-    flags = model_and_diffusion_defaults()
-    it = iter(TINY_MODEL)
-    for k, v in zip(it, it):
-        flags[k[2:]] = type(flags[k[2:]])(v)
-    torch.manual_seed(2)
-    model, _ = create_model_and_diffusion(**flags)
-    with torch.no_grad():
-        for p in model.out.parameters():
-            p.normal_(0, 0.05)
-    (tmp_path / "ckpt").mkdir()
-    torch.save(model.state_dict(), tmp_path / "ckpt" / "model000000.pt")
-    write_json(flags, str(tmp_path / "ckpt" / "flags.json"))
+    save_tiny_adm(tmp_path / "ckpt", seed=2)
     common = ["--model_path", tmp_path / "ckpt" / "model000000.pt", "--num_samples", 7,
               "--timestep_respacing", 5, "--progress", "False"]
     run_script("generate_dataset.py", common + ["--batch_size", 4, "--log_path", tmp_path / "one"])

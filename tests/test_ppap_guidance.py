@@ -17,8 +17,7 @@ from guided_diffusion.guidance import classifier_cond_fn
 from guided_diffusion.ppap import (CheckpointLayoutError, LoRAExpertSet, add_lora, build_classifier,
                                    imagenet_normalize, lora_layers)
 from guided_diffusion.ppap.guidance import load_guidance_classifier, read_ppap_flags
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from script_runs import TINY_MODEL, import_script
+from script_runs import import_script, save_tiny_adm
 
 NAME, CLASSES, RANK = "ResNet18", 10, 4
 classifier_sample = import_script("classifier_sample")
@@ -228,19 +227,7 @@ def test_strictness_of_paths_and_expert_files(ckpts):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An unconditional tiny ADM (100 diffusion steps) saved with its flags.json."""
-    folder = tmp_path_factory.mktemp("tiny_adm")
-    flags, it = model_and_diffusion_defaults(), iter(TINY_MODEL)
-    for k, v in zip(it, it):
-        flags[k[2:]] = type(flags[k[2:]])(v)
-    flags.update(class_cond=False)
-    torch.manual_seed(3)
-    model, _ = create_model_and_diffusion(**flags)
-    with torch.no_grad():  # the zero-initialised output layer would make every sample identical
-        for p in model.out.parameters():
-            p.normal_(0, 0.05)
-    torch.save(model.state_dict(), folder / "model000000.pt")
-    (folder / "flags.json").write_text(json.dumps(flags))
-    return folder / "model000000.pt"
+    return save_tiny_adm(tmp_path_factory.mktemp("tiny_adm"), class_cond=False)
 
 
 @pytest.fixture(scope="module")

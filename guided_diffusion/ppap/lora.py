@@ -18,6 +18,7 @@ released convention per layer type unless told otherwise.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
@@ -38,7 +39,7 @@ def lora_scale(r: int, lora_alpha: float, scale_convention: str) -> float:
                      f"choose one of {SCALE_CONVENTIONS}")
 
 
-class _LoRABase(nn.Module):
+class _LoRABase(nn.Module, abc.ABC):
     """Shared bookkeeping: factors, scale, and merging the delta into the wrapped weight.
 
     Merging replaces the wrapped weight's data by W + delta and keeps the original tensor as a non-persistent
@@ -74,8 +75,9 @@ class _LoRABase(nn.Module):
         self.register_load_state_dict_pre_hook(_unmerge_before_load)
 
     # Subclasses name the wrapped module; the base class only needs its weight parameter.
+    @abc.abstractmethod
     def _base(self) -> nn.Module:
-        raise NotImplementedError
+        ...
 
     def delta_weight(self) -> torch.Tensor:
         """The scaled low-rank update in the shape of the wrapped weight."""

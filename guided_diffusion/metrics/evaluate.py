@@ -59,11 +59,17 @@ def compute_activations(net, source, *, batch_size: int = 64, limit: Optional[in
 
 
 def _merge_all(stats: FeatureStats) -> FeatureStats:
-    parts = dist_util.all_gather_objects(stats.to("cpu") if hasattr(stats, "to") else stats)
+    parts = dist_util.all_gather_objects(stats.to("cpu"))
     merged = parts[0]
     for p in parts[1:]:
         merged.merge(p)
     return merged
+
+
+def statistics(acts: Dict) -> Dict[str, np.ndarray]:
+    """ADM's reference keys from ``compute_activations`` output: pool (mu, sigma), spatial (mu_s, sigma_s)."""
+    return {"mu": acts["pool"].mean(), "sigma": acts["pool"].cov(),
+            "mu_s": acts["spatial"].mean(), "sigma_s": acts["spatial"].cov()}
 
 
 def inception_score_adm(logits: np.ndarray) -> float:
@@ -82,8 +88,7 @@ def reference_statistics(ref: NpzBatch, net, *, batch_size: int, progress: bool,
         if need_pr:
             pool_features = acts["pool"].features()
         if stored is None:
-            stored = {"mu": acts["pool"].mean(), "sigma": acts["pool"].cov(),
-                      "mu_s": acts["spatial"].mean(), "sigma_s": acts["spatial"].cov()}
+            stored = statistics(acts)
     return stored, pool_features
 
 
@@ -103,8 +108,7 @@ def evaluate(ref_path: str, sample_path: str, net, *, batch_size: int = 64, fd_m
     else:
         ref_acts = compute_activations(net, ref, batch_size=batch_size, keep_pool=True, progress=progress,
                                        desc="reference")
-        ref_stats = {"mu": ref_acts["pool"].mean(), "sigma": ref_acts["pool"].cov(),
-                     "mu_s": ref_acts["spatial"].mean(), "sigma_s": ref_acts["spatial"].cov()}
+        ref_stats = statistics(ref_acts)
         ref_pool = ref_acts["pool"].features()
     pool, spatial = acts["pool"], acts["spatial"]
     if pool.count <= net.pool_dim:
@@ -136,8 +140,7 @@ def make_reference(source_path: str, dest: str, net, *, batch_size: int = 64, nu
     n = len(source)
     keep = np.sort(np.random.default_rng(seed).permutation(n)[:min(num_pr_images, n)])
     images = _gather_images(source, keep, batch_size)
-    arrays = {"arr_0": images, "mu": acts["pool"].mean(), "sigma": acts["pool"].cov(),
-              "mu_s": acts["spatial"].mean(), "sigma_s": acts["spatial"].cov()}
+    arrays = {"arr_0": images, **statistics(acts)}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(buf.getvalue(), dest)

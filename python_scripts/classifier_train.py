@@ -20,6 +20,8 @@ weights from ``--classifier_init PATH``) instead, writing ``{expert}_max{n}.ckpt
                             classifier for data that has none (the teacher and the naive baseline)
 
 ``--iterations`` is split evenly over the experts; ``--anneal_lr`` anneals within each expert.
+``--expert_init chained`` (default, PPAP's order) starts expert i from expert i-1's trained weights;
+``pretrained`` starts each from ``--classifier_init``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from guided_diffusion.cli import (add_run_flags, explicit_flags, fill_flags_from
                                   resolve_log_path, run_cli)
 from guided_diffusion.ppap.classifiers import canonical_classifier_name
 from guided_diffusion.ppap.experts import ExpertRanges
-from guided_diffusion.ppap.training import train_experts
+from guided_diffusion.ppap.training import EXPERT_INITS, train_experts
 from guided_diffusion.data import DataError
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
                                           create_classifier_and_diffusion, create_gaussian_diffusion)
@@ -55,7 +57,8 @@ def create_argparser() -> argparse.ArgumentParser:
     defaults.update(classifier_and_diffusion_defaults())
     # PPAP: --method finetune | multi_experts | ppap trains an off-the-shelf classifier instead of ADM's.
     defaults.update(method="adm", classifier_name="ResNet50", classifier_init="", n_experts=5, gamma=16,
-                    lora_alpha=8.0, lora_scale_convention="alpha_over_r", mixed_precision=True)
+                    lora_alpha=8.0, lora_scale_convention="alpha_over_r", mixed_precision=True,
+                    expert_init="chained")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dict_to_argparser(parser, defaults)
     add_run_flags(parser, "classifier_train")
@@ -66,6 +69,8 @@ def train_ppap_method(args, argv) -> None:
     """finetune / multi_experts on labelled real data, ppap on unlabeled generated data."""
     labelled = args.method != "ppap"
     canonical_classifier_name(args.classifier_name)  # bad names and missing files fail before any output
+    if args.expert_init not in EXPERT_INITS:
+        raise ValueError(f"--expert_init {args.expert_init!r} is not one of {', '.join(EXPERT_INITS)}")
     if args.classifier_init and not os.path.isfile(args.classifier_init):
         raise FileNotFoundError(f"--classifier_init {args.classifier_init!r} does not exist; pass the "
                                 "off-the-shelf classifier's weights (a state dict) or leave it empty")
@@ -88,7 +93,7 @@ def train_ppap_method(args, argv) -> None:
         data=data_stream(args, dataset, class_cond=labelled), n_experts=args.n_experts,
         iterations=args.iterations, num_classes=args.classifier_num_classes, init_path=args.classifier_init,
         gamma=args.gamma, lora_alpha=args.lora_alpha, scale_convention=args.lora_scale_convention,
-        anneal_lr=args.anneal_lr,
+        anneal_lr=args.anneal_lr, expert_init=args.expert_init,
         trainer_kwargs=dict(batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr,
                             weight_decay=args.weight_decay, log_interval=args.log_interval,
                             save_interval=args.save_interval, seed=args.seed, use_bf16=use_bf16,

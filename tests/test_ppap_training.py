@@ -81,6 +81,30 @@ def test_finetune_moves_every_weight(runs):
     assert not torch.equal(clean["fc.weight"], ft["fc.weight"])
 
 
+@pytest.mark.parametrize("method,name,extra", [
+    ("multi_experts", "multi", ["--data_dir", "builtin:digits"]),
+    ("ppap", "ppap", ["--gamma", 4, "--lora_alpha", 4, "--data_dir", "GEN"]),
+])
+def test_chained_experts_start_from_the_previous_one(runs, tmp_path, method, name, extra):
+    """Expert 1 of a chained run continues from expert 0: rebuilt identically when a rerun reads expert 0
+    back from its file, and different from an expert 1 started from the off-the-shelf weights."""
+    extra = [runs["gen"] if a == "GEN" else a for a in extra]
+    init = ["--classifier_init", runs["clean"] / "0_max1.ckpt", "--n_experts", 2, *extra]
+    chained = {i: read_state_dict(str(runs[name] / f"{i}_max2.ckpt")) for i in range(2)}
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    torch.save(chained[0], rerun / "0_max2.ckpt")  # expert 0 done: the rerun trains expert 1 only
+    train(tmp_path, "rerun", method, 4, *init)
+    fresh = train(tmp_path, "fresh", method, 4, "--expert_init", "pretrained", *init)
+    again = read_state_dict(str(rerun / "1_max2.ckpt"))
+    independent = {i: read_state_dict(str(fresh / f"{i}_max2.ckpt")) for i in range(2)}
+    for key, value in chained[1].items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(independent[0][key], chained[0][key], rtol=0, atol=1e-6, msg=key)
+    moved = [k for k in chained[1] if not torch.allclose(chained[1][k].float(), independent[1][k].float())]
+    assert moved, "a chained expert 1 equals one trained from the off-the-shelf weights"
+
+
 def test_distillation_loss_is_the_class_averaged_kl_to_the_sharpened_teacher():
     g = torch.Generator().manual_seed(0)
     t, s = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
@@ -109,6 +133,8 @@ def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
     (["--method", "multi_experts", "--n_experts", 3, "--data_dir", "builtin:digits"], ["n_experts=3", "divide"]),
     (["--method", "finetune", "--classifier_name", "VGG11", "--data_dir", "builtin:digits"], ["VGG11"]),
     (["--method", "ppap", "--data_dir", "EMPTY"], ["no image files"]),
+    (["--method", "multi_experts", "--expert_init", "random", "--data_dir", "builtin:digits"],
+     ["--expert_init", "chained"]),
     (["--method", "ppap", "--data_dir", "builtin:digits", "--classifier_init", "nowhere.ckpt"],
      ["nowhere.ckpt", "does not exist"]),
 ])

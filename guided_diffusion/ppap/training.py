@@ -9,9 +9,11 @@
   "off-the-shelf" classifier for a dataset that has none (the teacher, and the naive baseline).
 
 The networks never see t: it only picks the expert. Students take raw x_t in [-1, 1] (the DeiT student
-normalises inside); the teacher sees normalize((x0 + 1) / 2). Each expert starts from the off-the-shelf
-weights (PPAP chained expert i from expert i-1's weights and optimiser state; independent experts make
-the result independent of the training order). Checkpoints use the released names and layouts:
+normalises inside); the teacher sees normalize((x0 + 1) / 2). ``expert_init="chained"`` (PPAP's order)
+starts expert i from expert i-1's trained weights, a curriculum from clean to pure noise in which the
+high-noise experts inherit what the lower ones learned; the optimiser restarts for each expert (PPAP kept
+its state). ``"pretrained"`` starts every expert from the off-the-shelf weights, which makes each expert
+independent of the others. Checkpoints use the released names and layouts:
 ``{i}_iteration{step}_max{n}.ckpt`` every ``save_interval`` steps and ``{i}_max{n}.ckpt`` at the end.
 """
 
@@ -34,6 +36,7 @@ from .classifiers import add_lora, build_classifier, freeze_for_ppap, imagenet_n
 from .experts import ExpertRanges, LoRAExpertSet
 
 METHODS = ("finetune", "multi_experts", "ppap", "clean")
+EXPERT_INITS = ("chained", "pretrained")
 KD_TEMPERATURE = 0.25
 
 
@@ -117,14 +120,20 @@ def trainable_parameter_count(model: nn.Module) -> int:
 def train_experts(*, method: str, classifier_name: str, diffusion, data: Callable[[int], Iterator],
                   n_experts: int, iterations: int, num_classes: int, init_path: str = "",
                   gamma: int = 16, lora_alpha: float = 8.0, scale_convention: str = "alpha_over_r",
-                  anneal_lr: bool = False, trainer_kwargs: Optional[dict] = None) -> List[str]:
+                  anneal_lr: bool = False, expert_init: str = "chained",
+                  trainer_kwargs: Optional[dict] = None) -> List[str]:
     """Train every expert in turn (skipping those whose final checkpoint exists) and return their paths.
+
+    ``expert_init``: "chained" starts expert i from expert i-1 (from its checkpoint when a rerun skipped it),
+    "pretrained" from the off-the-shelf weights.
 
     ``data(start_step)`` yields (x0, cond) batches; ``trainer_kwargs`` go to each expert's Trainer (lr,
     batch_size, microbatch, save_interval, log_interval, seed, use_bf16, weight_decay, progress).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (or adm)")
+    if expert_init not in EXPERT_INITS:
+        raise ValueError(f"unknown expert_init {expert_init!r}; choose one of {', '.join(EXPERT_INITS)}")
     n_experts = 1 if method in ("finetune", "clean") else n_experts
     ranges = ExpertRanges(n_experts, diffusion.num_timesteps)
     per_expert = iterations // n_experts
@@ -134,7 +143,7 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
     base = build_classifier(classifier_name, init_path or None, num_classes=num_classes).to(device)
     kwargs = dict(trainer_kwargs or {})
     folder = logger.get_dir() or "."
-    paths, expert_set, teacher = [], None, None
+    paths, expert_set, teacher, previous = [], None, None, None
     if method == "ppap":
         teacher = base.eval()
         for p in teacher.parameters():
@@ -148,17 +157,24 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
         paths.append(final)
         if os.path.isfile(final):
             logger.log(f"expert {i}: {os.path.basename(final)} exists, skipped")
+            if expert_init == "chained" and i + 1 < n_experts:
+                previous = _load_trained_expert(final, i, base, expert_set, device)
             continue
+        chained = expert_init == "chained" and i > 0
         if expert_set is not None:
+            if chained:
+                expert_set.copy_expert(i - 1, i)
             expert_set.select(i)
             model = expert_set.backbone.train()
             state_fn = functools.partial(expert_set.expert_state_dict, i)
             trainer_cls, extra = DistillationTrainer, {"teacher": teacher}
         else:
-            model = copy.deepcopy(base).train()
+            model = copy.deepcopy(previous if chained else base).train()
+            previous = model
             state_fn = model.state_dict
             trainer_cls, extra = NoisyClassifierTrainer, {"clean": method == "clean"}
-        logger.log(f"expert {i}/{n_experts}: t in {t_range}, {per_expert} steps, "
+        start = f"expert {i - 1}" if chained else "the off-the-shelf weights"
+        logger.log(f"expert {i}/{n_experts}: t in {t_range}, {per_expert} steps from {start}, "
                    f"{trainable_parameter_count(model):,} trainable parameters")
         trainer = trainer_cls(model=model, diffusion=diffusion, t_range=t_range, expert=i, n_experts=n_experts,
                               state_fn=state_fn, data=data, max_steps=per_expert,
@@ -170,5 +186,19 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
     return paths
 
 
-__all__ = ["METHODS", "KD_TEMPERATURE", "distillation_loss", "train_experts", "expert_checkpoint_name",
+def _load_trained_expert(path: str, index: int, base: nn.Module, expert_set: Optional[LoRAExpertSet],
+                         device) -> Optional[nn.Module]:
+    """A finished expert read back so that the next one can start from it (chained init on a rerun)."""
+    state_dict = torch.load(path, map_location=device, weights_only=True)
+    if expert_set is None:
+        model = copy.deepcopy(base)
+        model.load_state_dict(state_dict, strict=True)
+        return model
+    with torch.no_grad():
+        for name in expert_set.per_expert_names:
+            expert_set.experts[index].tensor(name).copy_(state_dict[name])
+    return None
+
+
+__all__ = ["METHODS", "EXPERT_INITS", "KD_TEMPERATURE", "distillation_loss", "train_experts", "expert_checkpoint_name",
            "NoisyClassifierTrainer", "DistillationTrainer", "trainable_parameter_count"]

@@ -25,12 +25,17 @@ class Prediction:
     ``var_values`` holds the model's variance channels as output: a log-variance when ``var_kind`` is
     "learned", or v in [-1, 1] interpolating between the posterior and the prior log-variance when it is
     "learned_range" (ADM / improved DDPM).
+
+    ``x0_final`` says that x0 was already post-processed inside the denoiser stack (classifier-free guidance on
+    the posterior mean clips each branch before combining them), so samplers must not clip it again: a
+    guided x0 may legitimately leave [-1, 1]. Deriving a new prediction (``with_x0``, ``with_eps``) clears it.
     """
 
     x0: torch.Tensor
     eps: torch.Tensor
     var_values: Optional[torch.Tensor] = None
     var_kind: Optional[str] = None
+    x0_final: bool = False
 
     @staticmethod
     def from_eps(x: torch.Tensor, level: NoiseLevel, eps: torch.Tensor, **extra) -> "Prediction":

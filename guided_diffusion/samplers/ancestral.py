@@ -1,7 +1,8 @@
 """Ancestral (DDPM) sampling over any denoiser: x_{s} ~ N(mean(x0, x_t), Sigma) step by step.
 
-The variance of each step is fixed (the posterior variance "fixed_small", or "fixed_large" = beta) or
-learned: the prediction then carries the model's variance channels and says how to read them.
+The variance of each step is fixed (the posterior variance "fixed_small", "fixed_large" = beta, or
+"fixed_medium", the geometric interpolation small^(1-f) * large^f of VDPM) or learned: the prediction then
+carries the model's variance channels and says how to read them.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from ..trajectory import Trajectory
 from ..guidance.gradient import CondFn, shift_mean
 from .common import NoiseFn, last, predict, run_chain
 
-VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+VARIANCES = ("fixed_small", "fixed_large", "fixed_medium", "learned", "learned_range")
 
 
 def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajectory, index: torch.Tensor,
-                           variance: str = "fixed_large") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           variance: str = "fixed_large", intp_frac: float = 0.0
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, variance and log-variance of p(x_{index-1} | x_index) given a prediction.
+
+    "fixed_medium" interpolates the log-variances: (1 - intp_frac) * log(fixed_small) + intp_frac * log(beta).
 
     A learned variance in the prediction overrides ``variance``:
     "learned" reads the channels as a log-variance; "learned_range" reads v in [-1, 1] and interpolates
@@ -43,6 +47,12 @@ def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajec
         frac = (pred.var_values + 1) / 2
         log_variance = frac * max_log + (1 - frac) * min_log
         var = torch.exp(log_variance)
+    elif kind == "fixed_medium":
+        if not 0.0 <= intp_frac <= 1.0:
+            raise ValueError(f"intp_frac must lie in [0, 1], got {intp_frac}")
+        log_variance = ((1 - intp_frac) * t.extract(t.posterior_log_variance_clipped, index, x)
+                        + intp_frac * t.extract(t.log_large_variance, index, x)).expand_as(x)
+        var = torch.exp(log_variance)
     elif kind == "fixed_large":
         var = t.extract(t.large_variance, index, x).expand_as(x)
         log_variance = t.extract(t.log_large_variance, index, x).expand_as(x)
@@ -53,7 +63,7 @@ def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajec
 
 
 def ancestral_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, index: torch.Tensor, *,
-                   variance: str = "fixed_large", clip_denoised: bool = True,
+                   variance: str = "fixed_large", intp_frac: float = 0.0, clip_denoised: bool = True,
                    denoised_fn: Optional[Callable] = None, cond_fn: Optional[CondFn] = None,
                    model_kwargs: Optional[dict] = None, noise_fn: Optional[NoiseFn] = None
                    ) -> Dict[str, torch.Tensor]:
@@ -66,7 +76,7 @@ def ancestral_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, 
     level = trajectory.level(index)
     pred = predict(denoiser, x, level, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
                    model_kwargs=model_kwargs)
-    mean, var, log_variance = ancestral_distribution(pred, x, trajectory, index, variance)
+    mean, var, log_variance = ancestral_distribution(pred, x, trajectory, index, variance, intp_frac)
     noise = (noise_fn or torch.randn_like)(x)
     if cond_fn is not None:
         mean = shift_mean(mean, var, cond_fn(x, denoiser.model_time(level), **model_kwargs))

@@ -18,9 +18,12 @@ def predict(denoiser: Denoiser, x: torch.Tensor, level: NoiseLevel, *, clip_deno
             denoised_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
             model_kwargs: Optional[dict] = None) -> Prediction:
     """Call the denoiser, then post-process x0: ``denoised_fn`` first, then clamp to [-1, 1] when
-    ``clip_denoised``; eps is re-derived from the processed x0 so the prediction stays consistent."""
+    ``clip_denoised``; eps is re-derived from the processed x0 so the prediction stays consistent.
+
+    A prediction marked ``x0_final`` (its x0 was post-processed inside the denoiser stack) is returned as is.
+    """
     pred = denoiser(x, level, **(model_kwargs or {}))
-    if denoised_fn is None and not clip_denoised:
+    if pred.x0_final or (denoised_fn is None and not clip_denoised):
         return pred
     x0 = pred.x0 if denoised_fn is None else denoised_fn(pred.x0)
     if clip_denoised:

@@ -1,13 +1,19 @@
 """Demo: train a diffusion model and a noisy classifier on the built-in digits, then guide the sampler.
 
-On a 2-core CPU it takes about five minutes, with no download. Five stages, each one of the
-ordinary scripts called with its usual flags:
+On a 2-core CPU it takes about nine minutes, with no download. Each stage is one of the ordinary
+scripts called with its usual flags:
 
-1. ``image_train.py``: a small unconditional diffusion UNet on 16x16 digits.
+1. ``image_train.py``: a small unconditional diffusion UNet on 16x16 digits. It predicts x0
+   (``--predict_xstart True``): an eps-predicting model this small and this briefly trained turns its
+   errors at high noise, amplified by 1/alpha_t, into coloured tints that it never removes.
 2. ``classifier_train.py``: ADM's noisy classifier (the guide).
 3. ``classifier_train.py --noised False``: a clean classifier (the judge; it never guides).
 4. ``classifier_sample.py``: the same seeds and target labels sampled unguided (scale 0) and guided.
-5. The judge labels every sample; the report gives each run's accuracy against the target labels.
+5. PPAP (``--ppap_row True``): a ResNet18 trained on clean digits stands in for an off-the-shelf
+   classifier; ``generate_dataset.py`` samples unlabeled images; ``classifier_train.py --method ppap``
+   distills the ResNet into 5 LoRA experts on noisy versions of them (no labels); the same seeds are
+   sampled with their guidance. ``ppap_benchmark.py`` runs the full comparison.
+6. The judge labels every sample; the report gives each run's accuracy against the target labels.
    Unguided samples match their random targets about 10% of the time (chance); guided samples should
    beat that by far.
 
@@ -48,7 +54,7 @@ from guided_diffusion.train.checkpointing import atomic_write_bytes  # noqa: E40
 # The demo's model: a 1.2M-parameter UNet that trains at ~5 steps/s (batch 64) on two CPU cores.
 MODEL = ["--image_size", 16, "--num_channels", 32, "--num_res_blocks", 1, "--channel_mult", "1,2,2",
          "--attention_resolutions", 8, "--num_head_channels", 32, "--diffusion_steps", 1000,
-         "--noise_schedule", "cosine"]
+         "--noise_schedule", "cosine", "--predict_xstart", "True"]
 CLASSIFIER = ["--image_size", 16, "--classifier_width", 32, "--classifier_depth", 1,
               "--classifier_channel_mult", "1,2,2", "--classifier_attention_resolutions", 8,
               "--classifier_num_head_channels", 32, "--classifier_num_classes", 10, "--diffusion_steps", 1000,
@@ -57,9 +63,10 @@ DATA = ["--data_dir", "builtin:digits", "--random_flip", "False", "--random_crop
 
 
 def demo_defaults() -> dict:
-    return dict(out_dir="demo_output", diffusion_steps_train=1000, classifier_steps=600, judge_steps=300,
-                batch_size=64, num_samples=100, classifier_scale=4.0, timestep_respacing="ddim50", seed=0,
-                ema_rate="0.995")
+    return dict(out_dir="demo_output", diffusion_steps_train=1000, diffusion_lr=2e-3, classifier_steps=600,
+                judge_steps=300, batch_size=64, num_samples=100, classifier_scale=4.0, timestep_respacing="ddim50",
+                seed=0, ema_rate="0.995", ppap_row=True, ppap_clean_steps=300, ppap_num_generated=500,
+                ppap_iterations=1000, ppap_scale=7.5)
 
 
 def run_stage(title: str, script, argv, done_file: str) -> float:
@@ -96,7 +103,8 @@ def write_report(out_dir: str, report: dict) -> None:
     lines = ["# Demo report: classifier guidance on the built-in digits", "",
              "| samples | target labels | accuracy (clean classifier) | npz |", "|---|---|---|---|"]
     for name, r in report["samples"].items():
-        lines.append(f"| {name} | uniform random | {100 * r['accuracy']:.1f}% | {r['npz']} |")
+        lines.append(f"| {name} (scale {r['classifier_scale']}) | uniform random | {100 * r['accuracy']:.1f}% | "
+                     f"{r['npz']} |")
     lines += ["", f"Chance is 10%. The clean classifier scores {100 * report['judge_accuracy']:.1f}% on the "
               "training digits themselves.", "", f"Stage times (s): {report['seconds']}"]
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), os.path.join(out_dir, "report.md"))
@@ -129,15 +137,15 @@ def main(argv=None) -> None:
     seconds = {}
 
     seconds["diffusion"] = run_stage(
-        f"1/5 training the diffusion model ({steps['diffusion']} steps)", image_train,
+        f"1 training the diffusion model ({steps['diffusion']} steps)", image_train,
         train_argv(args, folders["diffusion"], steps["diffusion"],
-                   MODEL + ["--lr", 3e-4, "--ema_rate", args.ema_rate]), final["diffusion"])
+                   MODEL + ["--lr", args.diffusion_lr, "--ema_rate", args.ema_rate]), final["diffusion"])
     seconds["classifier"] = run_stage(
-        f"2/5 training the noisy classifier ({steps['classifier']} steps)", classifier_train,
+        f"2 training the noisy classifier ({steps['classifier']} steps)", classifier_train,
         train_argv(args, folders["classifier"], steps["classifier"], CLASSIFIER + ["--lr", 1e-3]),
         final["classifier"])
     seconds["judge"] = run_stage(
-        f"3/5 training the clean classifier that judges the samples ({steps['judge']} steps)", classifier_train,
+        f"3 training the clean classifier that judges the samples ({steps['judge']} steps)", classifier_train,
         train_argv(args, folders["judge"], steps["judge"], CLASSIFIER + ["--lr", 1e-3, "--noised", "False"]),
         final["judge"])
 
@@ -149,10 +157,14 @@ def main(argv=None) -> None:
             "--model_path", ema, "--classifier_path", final["classifier"], "--classifier_scale", scale,
             "--num_samples", args.num_samples, "--batch_size", args.num_samples, "--seed", args.seed,
             "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folders[name]]
-        seconds[name] = run_stage(f"{4 + i}/5 sampling {name} (classifier scale {scale})", classifier_sample,
+        seconds[name] = run_stage(f"4.{1 + i} sampling {name} (classifier scale {scale})", classifier_sample,
                                   sample_argv, npz)
         report["samples"][name] = {**judge(final["judge"], npz), "classifier_scale": scale,
                                    "npz": os.path.relpath(npz, out)}
+    if args.ppap_row:
+        npz, seconds["ppap"] = ppap_row(args, out, ema)
+        report["samples"]["ppap"] = {**judge(final["judge"], npz), "classifier_scale": args.ppap_scale,
+                                     "npz": os.path.relpath(npz, out)}
     report["judge_accuracy"] = judge_self_check(final["judge"], out)
     write_report(out, report)
 
@@ -161,8 +173,25 @@ def main(argv=None) -> None:
         print(f"{name:>9}: class accuracy {100 * r['accuracy']:5.1f}%  (clean classifier's verdicts per class: "
               f"{r['predicted_class_counts']})")
     print(f"chance is 10%; the clean classifier scores {100 * report['judge_accuracy']:.1f}% on real digits")
-    print(f"report: {os.path.join(out, 'report.md')}; sample grids: "
-          f"{', '.join(os.path.relpath(folders[n], out) + '/*_grid.png' for n in ('unguided', 'guided'))}")
+    grids = [os.path.relpath(os.path.dirname(os.path.join(out, r["npz"])), out) + "/*_grid.png"
+             for r in report["samples"].values()]
+    print(f"report: {os.path.join(out, 'report.md')}; sample grids: {', '.join(grids)}")
+
+
+def ppap_row(args, out: str, ema: str):
+    """PPAP on a demo budget, in ``<out>/ppap_demo``: returns the guided npz and the seconds taken."""
+    import ppap_benchmark  # it imports this module: import it only when the row is wanted
+
+    start = time.perf_counter()
+    bench = ppap_benchmark.benchmark_defaults()
+    bench.update(batch_size=args.batch_size, seed=args.seed, num_samples=args.num_samples,
+                 timestep_respacing=args.timestep_respacing, clean_steps=args.ppap_clean_steps,
+                 num_generated=args.ppap_num_generated, ppap_iterations=args.ppap_iterations)
+    bench = argparse.Namespace(**bench)
+    root = os.path.join(out, "ppap_demo")
+    guides = ppap_benchmark.train_guides(bench, root, ema, ["ppap"], label="PPAP row")
+    npz, _ = ppap_benchmark.sample_with(bench, root, ema, "ppap", guides["ppap"], args.ppap_scale)
+    return npz, time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -9,26 +9,29 @@ import numpy as np
 from script_runs import run_script
 
 QUICK = ["--diffusion_steps_train", 8, "--classifier_steps", 8, "--judge_steps", 8, "--num_samples", 6,
-         "--batch_size", 16, "--timestep_respacing", "ddim5"]
+         "--batch_size", 16, "--timestep_respacing", "ddim5", "--ppap_clean_steps", 4, "--ppap_num_generated", 8,
+         "--ppap_iterations", 5]
 
 
 def test_quick_demo_writes_report_and_resumes(tmp_path):
     out = tmp_path / "demo"
     first = run_script("demo.py", QUICK + ["--out_dir", out])
     report = json.loads((out / "report.json").read_text())
-    for name, scale in (("unguided", 0.0), ("guided", 4.0)):
+    for name, scale in (("unguided", 0.0), ("guided", 4.0), ("ppap", 7.5)):
         r = report["samples"][name]
         assert r["classifier_scale"] == scale and r["num_samples"] == 6
         assert 0.0 <= r["accuracy"] <= 1.0 and sum(r["predicted_class_counts"]) == 6
         with np.load(out / r["npz"]) as f:
             assert f["arr_0"].shape == (6, 16, 16, 3) and f["arr_0"].dtype == np.uint8
             assert f["arr_1"].tolist() == np.load(out / report["samples"]["unguided"]["npz"])["arr_1"].tolist()
-        assert (out / name / "samples_6x16x16x3_grid.png").is_file()
+        assert (out / r["npz"]).with_name("samples_6x16x16x3_grid.png").is_file()
     for stage in ("diffusion", "classifier", "judge"):
         assert (out / stage / "model000008.pt").is_file() and (out / stage / "flags.json").is_file()
     assert "class accuracy" in first.stdout and "chance is 10%" in first.stdout
-    assert "| guided |" in (out / "report.md").read_text()
+    assert "| guided (scale 4.0) |" in (out / "report.md").read_text()
+    assert sorted(p.name for p in (out / "ppap_demo" / "ppap").glob("?_max5.ckpt")) == [
+        f"{i}_max5.ckpt" for i in range(5)]
 
     again = run_script("demo.py", QUICK + ["--out_dir", out])
-    assert again.stdout.count("already done") == 5  # nothing is trained or sampled twice
+    assert again.stdout.count("already done") == 9  # nothing is trained or sampled twice
     assert json.loads((out / "report.json").read_text())["samples"] == report["samples"]

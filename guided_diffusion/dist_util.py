@@ -142,6 +142,17 @@ def dev() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def set_device(device: Union[str, torch.device]) -> None:
+    """Compute on ``device`` instead of the one ``setup_dist`` picked (a single process's --device flag)."""
+    global _device
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available; use cpu")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)
+    _device = device
+
+
 def get_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -193,5 +204,5 @@ def broadcast_object(obj):
     return box[0]
 
 
-__all__ = ["setup_dist", "cleanup", "dev", "get_rank", "get_world_size", "is_main", "barrier", "load_state_dict",
-           "sync_params", "all_gather_objects", "broadcast_object", "parse_gpus", "launcher"]
+__all__ = ["setup_dist", "cleanup", "dev", "set_device", "get_rank", "get_world_size", "is_main", "barrier",
+           "load_state_dict", "sync_params", "all_gather_objects", "broadcast_object", "parse_gpus", "launcher"]

@@ -163,6 +163,11 @@ class Trainer(abc.ABC):
     def after_step(self) -> None:  # noqa: B027 (an optional hook)
         """Called after every optimizer step (e.g. validation)."""
 
+    def ema_decay(self, rate: float) -> float:
+        """The decay of this step's update of the EMA configured with ``rate`` (called before ``self.step``
+        advances, so ``total_steps`` counts the earlier updates). Subclasses may warm it up."""
+        return rate
+
     def extra_state(self) -> dict:
         return {}
 
@@ -210,7 +215,7 @@ class Trainer(abc.ABC):
         self.forward_backward(batch, cond)
         if self.mp_trainer.optimize(self.opt):
             for rate, params in zip(self.ema_rate, self.ema_params):
-                update_ema(params, self.mp_trainer.master_params, rate=rate)
+                update_ema(params, self.mp_trainer.master_params, rate=self.ema_decay(rate))
         self.step += 1
         logger.logkv("step", self.total_steps)
         logger.logkv("samples", self.total_steps * self.global_batch)

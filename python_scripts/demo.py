@@ -13,7 +13,11 @@ scripts called with its usual flags:
    classifier; ``generate_dataset.py`` samples unlabeled images; ``classifier_train.py --method ppap``
    distills the ResNet into 5 LoRA experts on noisy versions of them (no labels); the same seeds are
    sampled with their guidance. ``ppap_benchmark.py`` runs the full comparison.
-6. The judge labels every sample; the report gives each run's accuracy against the target labels.
+6. VDPM (``--vdpm_row True``): ``vdpm_train.py`` trains a class-conditional v-prediction model in
+   continuous log-SNR time with label dropout, and ``vdpm_generate.py`` samples the same seeds with
+   classifier-free guidance at each w of ``--vdpm_w`` ((1 + w) * cond - w * uncond; w = 0 is the plain
+   conditional model).
+7. The judge labels every sample; the report gives each run's accuracy against the target labels.
    Unguided samples match their random targets about 10% of the time (chance); guided samples should
    beat that by far.
 
@@ -66,7 +70,8 @@ def demo_defaults() -> dict:
     return dict(out_dir="demo_output", diffusion_steps_train=1000, diffusion_lr=2e-3, classifier_steps=600,
                 judge_steps=300, batch_size=64, num_samples=100, classifier_scale=4.0, timestep_respacing="ddim50",
                 seed=0, ema_rate="0.995", ppap_row=True, ppap_clean_steps=300, ppap_num_generated=500,
-                ppap_iterations=1000, ppap_scale=7.5)
+                ppap_iterations=1000, ppap_scale=7.5, vdpm_row=True, vdpm_steps=800, vdpm_lr=2e-3,
+                vdpm_w="0,0.1,1,3")
 
 
 def run_stage(title: str, script, argv, done_file: str) -> float:
@@ -103,8 +108,7 @@ def write_report(out_dir: str, report: dict) -> None:
     lines = ["# Demo report: classifier guidance on the built-in digits", "",
              "| samples | target labels | accuracy (clean classifier) | npz |", "|---|---|---|---|"]
     for name, r in report["samples"].items():
-        lines.append(f"| {name} (scale {r['classifier_scale']}) | uniform random | {100 * r['accuracy']:.1f}% | "
-                     f"{r['npz']} |")
+        lines.append(f"| {name} ({r['guidance']}) | uniform random | {100 * r['accuracy']:.1f}% | {r['npz']} |")
     lines += ["", f"Chance is 10%. The clean classifier scores {100 * report['judge_accuracy']:.1f}% on the "
               "training digits themselves.", "", f"Stage times (s): {report['seconds']}"]
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), os.path.join(out_dir, "report.md"))
@@ -159,12 +163,18 @@ def main(argv=None) -> None:
             "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folders[name]]
         seconds[name] = run_stage(f"4.{1 + i} sampling {name} (classifier scale {scale})", classifier_sample,
                                   sample_argv, npz)
-        report["samples"][name] = {**judge(final["judge"], npz), "classifier_scale": scale,
+        report["samples"][name] = {**judge(final["judge"], npz), "guidance": f"classifier scale {scale}",
                                    "npz": os.path.relpath(npz, out)}
     if args.ppap_row:
         npz, seconds["ppap"] = ppap_row(args, out, ema)
-        report["samples"]["ppap"] = {**judge(final["judge"], npz), "classifier_scale": args.ppap_scale,
+        report["samples"]["ppap"] = {**judge(final["judge"], npz), "guidance": f"classifier scale {args.ppap_scale}",
                                      "npz": os.path.relpath(npz, out)}
+    if args.vdpm_row:
+        start = time.perf_counter()
+        for w, npz in vdpm_rows(args, out).items():
+            report["samples"][f"vdpm w={w:g}"] = {**judge(final["judge"], npz), "guidance": f"CFG w={w:g}",
+                                                  "npz": os.path.relpath(npz, out)}
+        seconds["vdpm"] = time.perf_counter() - start
     report["judge_accuracy"] = judge_self_check(final["judge"], out)
     write_report(out, report)
 
@@ -176,6 +186,34 @@ def main(argv=None) -> None:
     grids = [os.path.relpath(os.path.dirname(os.path.join(out, r["npz"])), out) + "/*_grid.png"
              for r in report["samples"].values()]
     print(f"report: {os.path.join(out, 'report.md')}; sample grids: {', '.join(grids)}")
+
+
+def vdpm_rows(args, out: str) -> dict:
+    """The v-objective + CFG model on the digits and its samples at each w: {w: npz path}."""
+    import vdpm_generate  # noqa: E402 (the VDPM scripts are only imported when the row is wanted)
+    import vdpm_train
+
+    run = os.path.join(out, "vdpm")
+    steps = args.vdpm_steps
+    train_argv = ["--dataset", "digits", "--image-size", 16, "--use-cfg", "--p-uncond", 0.1,
+                  "--model-out-type", "v", "--reweight-type", "truncated_snr", "--logsnr-schedule", "cosine",
+                  "--hid-channels", 32, "--ch-multipliers", "1,2,2", "--num-res-blocks", 1, "--apply-attn", "0,1,0",
+                  "--drop-rate", 0, "--batch-size", args.batch_size, "--lr", args.vdpm_lr, "--max-steps", steps,
+                  "--save-steps", max(steps // 4, 1), "--use-ema", "--ema-decay", args.ema_rate,
+                  "--image-intv", 0, "--seed", args.seed, "--ckpt-dir", out, "--ckpt-name", "vdpm"]
+    if os.path.isdir(run) and latest_checkpoint(run):
+        train_argv.append("--resume")
+    run_stage(f"5 training the v-objective model with label dropout ({steps} steps)", vdpm_train, train_argv,
+              os.path.join(run, f"model{steps:06d}.pt"))
+    npzs = {}
+    for w in (float(v) for v in str(args.vdpm_w).split(",") if v):
+        folder = os.path.join(out, f"vdpm_w{w:g}")
+        npzs[w] = os.path.join(folder, f"samples_{args.num_samples}x16x16x3.npz")
+        run_stage(f"5 sampling the v-objective model, classifier-free guidance w={w:g}", vdpm_generate,
+                  ["--ckpt-path", run, "--use-ema", "--use-ddim", "--sample-timesteps", 50, "--w-guide", w,
+                   "--total-size", args.num_samples, "--batch-size", args.num_samples, "--seed", args.seed,
+                   "--save-dir", folder], npzs[w])
+    return npzs
 
 
 def ppap_row(args, out: str, ema: str):

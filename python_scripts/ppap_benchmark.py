@@ -1,6 +1,6 @@
 """PPAP on the built-in digits: naive, finetune, multi-experts and PPAP guidance of one unconditional model.
 
-    python python_scripts/ppap_benchmark.py            # 17.5 minutes on a 2-core CPU
+    python python_scripts/ppap_benchmark.py            # about 20 minutes on a 2-core CPU
 
 It reuses the demo's stages and folder (``--out_dir demo_output``: the diffusion model and the judge are
 trained once for both), then:
@@ -52,7 +52,7 @@ def benchmark_defaults() -> dict:
     d = demo.demo_defaults()
     d.update(clean_steps=400, finetune_iterations=1000, ppap_iterations=2500, n_experts=5, gamma=16,
              lora_alpha=16, num_generated=2000, ppap_scale=7.5, methods="naive,finetune,multi_experts,ppap",
-             ppap_row=False)  # the demo's own small PPAP run is not needed here
+             ppap_row=False, vdpm_row=False)  # the demo's own PPAP and VDPM runs are not needed here
     return d
 
 

@@ -69,8 +69,8 @@ DATA = ["--data_dir", "builtin:digits", "--random_flip", "False", "--random_crop
 def demo_defaults() -> dict:
     return dict(out_dir="demo_output", diffusion_steps_train=1000, diffusion_lr=2e-3, classifier_steps=600,
                 judge_steps=300, batch_size=64, num_samples=100, classifier_scale=4.0, timestep_respacing="ddim50",
-                seed=0, ema_rate="0.995", ppap_row=True, ppap_clean_steps=300, ppap_num_generated=500,
-                ppap_iterations=1000, ppap_scale=7.5, vdpm_row=True, vdpm_steps=800, vdpm_lr=2e-3,
+                seed=0, ema_rate="0.995", ppap_row=True, ppap_clean_steps=200, ppap_num_generated=300,
+                ppap_iterations=500, ppap_scale=7.5, vdpm_row=True, vdpm_steps=400, vdpm_lr=2e-3,
                 vdpm_w="0,0.1,1,3")
 
 
@@ -210,7 +210,7 @@ def vdpm_rows(args, out: str) -> dict:
         folder = os.path.join(out, f"vdpm_w{w:g}")
         npzs[w] = os.path.join(folder, f"samples_{args.num_samples}x16x16x3.npz")
         run_stage(f"5 sampling the v-objective model, classifier-free guidance w={w:g}", vdpm_generate,
-                  ["--ckpt-path", run, "--use-ema", "--use-ddim", "--sample-timesteps", 50, "--w-guide", w,
+                  ["--ckpt-path", run, "--use-ema", "--use-ddim", "--sample-timesteps", 25, "--w-guide", w,
                    "--total-size", args.num_samples, "--batch-size", args.num_samples, "--seed", args.seed,
                    "--save-dir", folder], npzs[w])
     return npzs

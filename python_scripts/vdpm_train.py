@@ -34,7 +34,8 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import flags_of, open_run_folder, run_cli
 from guided_diffusion.data import VDPM_DATASET_INFO, load_vdpm_dataset
 from guided_diffusion.diffusion.continuous import SCHEDULES, VAR_TYPES
-from guided_diffusion.diffusion.continuous_losses import LOSS_TYPES
+from guided_diffusion.diffusion.continuous_losses import LOSS_TYPES, REWEIGHT_ALIASES, REWEIGHT_TYPES
+from guided_diffusion.denoisers.continuous import OUT_TYPE_ALIASES, OUT_TYPES
 from guided_diffusion.metrics.image_batches import NpzBatch
 from guided_diffusion.metrics.inception import FEATURE_NET_NAMES, load_feature_net
 from guided_diffusion.models.vdpm import VDPM_MODEL_SIZES
@@ -45,8 +46,9 @@ from guided_diffusion.vdpm import (DEFAULT_CONFIG_DIR, DatasetImages, apply_flag
                                    diffusion_from_flags, fid_precision_recall, load_config,
                                    make_vdpm_batch_sampler, model_from_flags, resolve_config_path, typed_dests)
 
-OUT_TYPES = ("x0", "x_0", "eps", "both", "v")
-REWEIGHT_TYPES = ("constant", "snr", "truncated_snr", "alpha2", "snr_trunc", "snr_1plus")
+# Accepted spellings: the canonical names and the original's aliases (x_0, snr_trunc, snr_1plus).
+OUT_TYPES = OUT_TYPES + tuple(OUT_TYPE_ALIASES)
+REWEIGHT_TYPES = REWEIGHT_TYPES + tuple(REWEIGHT_ALIASES)
 # Never taken from a resumed run's flags.json: they describe this machine or this invocation.
 NOT_RESUMED = ("resume", "distributed", "train_device", "eval_device", "num_workers", "progress", "config",
                "config_dir")

@@ -18,12 +18,12 @@ from ..timesteps import NoiseLevel, TimeUnit
 from . import Denoiser, Prediction
 
 OUT_TYPES = ("x0", "eps", "both", "v")
-_OUT_TYPE_ALIASES = {"x_0": "x0", "epsilon": "eps"}
+OUT_TYPE_ALIASES = {"x_0": "x0", "epsilon": "eps"}
 
 
 def canonical_out_type(name: str) -> str:
     """The out type's canonical name; ``x_0`` (VDPM's CLI spelling, which its code rejected) means ``x0``."""
-    name = _OUT_TYPE_ALIASES.get(name, name)
+    name = OUT_TYPE_ALIASES.get(name, name)
     if name not in OUT_TYPES:
         raise ValueError(f"unknown model output type {name!r}; choose one of {', '.join(OUT_TYPES)} (or x_0)")
     return name

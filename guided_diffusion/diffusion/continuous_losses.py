@@ -30,13 +30,13 @@ from ..nn import mean_flat
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 
 REWEIGHT_TYPES = ("constant", "snr", "truncated_snr", "alpha2")
-_REWEIGHT_ALIASES = {"snr_trunc": "truncated_snr", "snr_1plus": "alpha2"}
+REWEIGHT_ALIASES = {"snr_trunc": "truncated_snr", "snr_1plus": "alpha2"}
 LOSS_TYPES = ("mse", "kl")
 
 
 def canonical_reweight_type(name: str) -> str:
     """The canonical reweighting name; VDPM's 2024 names ``snr_trunc`` and ``snr_1plus`` are aliases."""
-    name = _REWEIGHT_ALIASES.get(name, name)
+    name = REWEIGHT_ALIASES.get(name, name)
     if name not in REWEIGHT_TYPES:
         raise ValueError(f"unknown reweight type {name!r}; choose one of {', '.join(REWEIGHT_TYPES)} "
                          "(or snr_trunc, snr_1plus)")

@@ -190,7 +190,7 @@ def main(argv=None) -> None:
 
 def vdpm_rows(args, out: str) -> dict:
     """The v-objective + CFG model on the digits and its samples at each w: {w: npz path}."""
-    import vdpm_generate  # noqa: E402 (the VDPM scripts are only imported when the row is wanted)
+    import vdpm_generate  # the VDPM scripts are imported only when the row is wanted
     import vdpm_train
 
     run = os.path.join(out, "vdpm")

@@ -25,6 +25,15 @@ def load_fixture(relative: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (timing-stable on a shared 2-core machine), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -22,12 +22,7 @@ FIDELITY_NAME = "weights-inception-2015-12-05-6726825d.pth"
 ENV = "GD_INCEPTION_WEIGHTS"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_fid_state(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -27,12 +27,7 @@ TINY = ["--dataset", "digits", "--image-size", 8, "--hid-channels", 32, "--ch-mu
         "--no-progress", "--num-save-images", 4, "--log-intv", 1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_model(seed=0, hid=32, **kw):

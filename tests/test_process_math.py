@@ -10,8 +10,10 @@ import torch
 
 from guided_diffusion.denoisers import Prediction
 from guided_diffusion.denoisers.discrete import DiscreteDenoiser, ModelMeanType, ModelVarType
+from guided_diffusion.denoisers.outputs import ModelOutput
 from guided_diffusion.diffusion.losses import discretized_gaussian_log_likelihood
 from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.toy import GaussianMixture
 from guided_diffusion.trajectory import Trajectory
 
 
@@ -33,16 +35,17 @@ def test_posterior_arrays_are_ddpm_closed_forms():
 
 def test_variance_exploding_trajectory_posterior():
     sigmas = np.array([0.5, 1.0, 4.0])
-    traj = Trajectory(np.ones(3), sigmas, sigmas, "sigma")
+    traj = Trajectory(np.ones(3), sigmas, sigmas, "edm_sigma")
     ratio = np.array([0.0, 0.25, 1 / 16])  # sigma_s^2 / sigma_t^2 with sigma_s the previous level
     assert np.allclose(traj.posterior_mean_coef_xt, ratio)
     assert np.allclose(traj.posterior_mean_coef_x0, 1 - ratio)
     assert np.allclose(traj.posterior_variance, np.append(0, sigmas[:-1] ** 2) * (1 - ratio))
     with pytest.raises(ValueError, match="increase"):
-        Trajectory(np.ones(3), sigmas[::-1], sigmas, "sigma")
+        Trajectory(np.ones(3), sigmas[::-1], sigmas, "edm_sigma")
 
 
-@pytest.mark.parametrize("mean_type", list(ModelMeanType))
+@pytest.mark.parametrize("mean_type", [ModelMeanType.EPSILON, ModelMeanType.START_X, ModelMeanType.PREVIOUS_X,
+                                       ModelOutput.V])
 def test_every_mean_type_reads_back_x0(mean_type):
     diffusion = create_gaussian_diffusion(steps=100)
     x0 = torch.rand(4, 3, 2, 2) * 1.6 - 0.8
@@ -55,12 +58,48 @@ def test_every_mean_type_reads_back_x0(mean_type):
             return noise
         if mean_type == ModelMeanType.START_X:
             return x0
+        if mean_type == ModelOutput.V:
+            a = torch.from_numpy(diffusion.sqrt_alphas_cumprod)[ts].float().view(-1, 1, 1, 1)
+            s = torch.from_numpy(diffusion.sqrt_one_minus_alphas_cumprod)[ts].float().view(-1, 1, 1, 1)
+            return a * noise - s * x0
         return diffusion.q_posterior_mean_variance(x0, x, ts)[0]
 
     denoiser = DiscreteDenoiser(model, mean_type, train_trajectory=diffusion.trajectory)
     pred = denoiser(xt, diffusion.trajectory.level(t))
     assert (pred.x0 - x0).abs().max() < 1e-3
     assert (pred.eps - noise)[1:].abs().max() < 1e-3  # at t = 0, eps is ill-conditioned in float32
+
+
+@pytest.mark.parametrize("kind", ["both", "edm"])
+def test_discrete_models_refuse_continuous_only_outputs(kind):
+    diffusion = create_gaussian_diffusion(steps=100)
+    with pytest.raises(ValueError, match="does not output"):
+        DiscreteDenoiser(lambda x, t: x, kind, train_trajectory=diffusion.trajectory)
+
+
+def test_one_enum_names_every_output_and_keeps_adm_spellings():
+    assert ModelMeanType.EPSILON is ModelOutput.EPS and ModelMeanType.START_X is ModelOutput.X0
+    assert ModelOutput("epsilon") is ModelOutput.EPS and ModelOutput("x_0") is ModelOutput.X0
+    assert ModelOutput("previous_x") is ModelOutput.PREV_X
+    assert [m.value for m in ModelOutput] == ["eps", "x0", "v", "both", "prev_x", "edm"]
+    assert ModelOutput.BOTH.channels(3) == 6 and ModelOutput.V.channels(3) == 3
+
+
+def test_edm_output_is_the_preconditioned_denoiser():
+    """D = c_skip u + c_out F with u = x / alpha, s = sigma / alpha (EDM eq. 7), whatever (alpha, sigma)."""
+    from guided_diffusion.denoisers.outputs import prediction_from_output
+    from guided_diffusion.timesteps import NoiseLevel
+
+    sigma_data, s = 0.5, torch.tensor([0.1, 2.0, 40.0], dtype=torch.float64)
+    x0, eps, f = (torch.randn(3, 2, 2, 2, dtype=torch.float64) for _ in range(3))
+    for alpha in (torch.ones(3, dtype=torch.float64), torch.rsqrt(1 + s ** 2)):
+        level = NoiseLevel.at(alpha, s * alpha)
+        x = alpha.view(-1, 1, 1, 1) * (x0 + s.view(-1, 1, 1, 1) * eps)
+        pred = prediction_from_output(f, x, level, "edm", sigma_data=sigma_data)
+        c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
+        c_out = s * sigma_data / (s ** 2 + sigma_data ** 2).sqrt()
+        expected = c_skip.view(-1, 1, 1, 1) * (x0 + s.view(-1, 1, 1, 1) * eps) + c_out.view(-1, 1, 1, 1) * f
+        torch.testing.assert_close(pred.x0, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_v_prediction_round_trip():
@@ -96,11 +135,8 @@ def test_point_mass_data_has_zero_kl_with_the_ideal_model():
     # Data x0 = 0: the ideal eps is x_t / sigma_t, so pred_x0 = 0 and, with the true posterior variance
     # (fixed_small), every KL term is 0; the t = 0 term is the decoder NLL of a centred Gaussian.
     diffusion = create_gaussian_diffusion(steps=100, sigma_small=True)
-    sigmas = torch.from_numpy(diffusion.sqrt_one_minus_alphas_cumprod)
-
-    def ideal(x, t):
-        return x / sigmas[t].to(x.dtype).view(-1, 1, 1, 1)
-
+    point_mass = GaussianMixture([1.0], [[0.0] * 4], [0.0])  # the oracle with C = 0
+    ideal = point_mass.ideal_model(diffusion.train_trajectory.alphas, diffusion.train_trajectory.sigmas)
     x0 = torch.zeros(3, 1, 2, 2)
     out = diffusion.calc_bpd_loop(ideal, x0, clip_denoised=False)  # columns run t = T-1, ..., 0
     assert out["vb"][:, :-1].abs().max() < 1e-4

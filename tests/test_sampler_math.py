@@ -30,6 +30,7 @@ from scipy.stats import norm
 from guided_diffusion.guidance import GradientGuidedDenoiser, classifier_cond_fn
 from guided_diffusion.samplers import sample_ancestral, sample_ddim
 from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.toy import GaussianMixture
 
 K_SE = 4.0
 
@@ -62,20 +63,27 @@ def make_diffusion(schedule: str, respacing: str = "", sigma_small: bool = False
                                      learn_sigma=False, sigma_small=sigma_small)
 
 
-def level_of(diffusion, t: torch.Tensor):
-    """(a_t, s_t) of a batch at ORIGINAL train indices t (all equal inside a sampling loop)."""
-    idx = t.long().cpu().numpy()
-    assert np.all(idx == idx[0])
-    tr = diffusion.train_trajectory
-    return float(tr.alphas[idx[0]]), float(tr.sigmas[idx[0]])
-
-
 def flat(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.reshape(len(x), dim).double()
 
 
+def train_levels(diffusion):
+    """The training process' (alpha, sigma) arrays: what the oracle's networks read at train indices."""
+    train = diffusion.train_trajectory
+    return train.alphas, train.sigmas
+
+
+def recording(model, seen_t):
+    def model_fn(x, t, **kwargs):
+        if seen_t is not None:
+            seen_t.append(t.clone())
+        return model(x, t, **kwargs)
+    return model_fn
+
+
 # ------------------------------------------------------------------------------------------------
-# Ideal models.
+# The analytic oracle (guided_diffusion.toy) supplies the ideal networks; the reference maths below is written
+# out here, from the data's parameters alone.
 class Gaussian:
     """x0 ~ N(mean, cov) in ``dim`` channels; data tensors are (N, dim, 1, 1), or (N, 1, 1) when dim = 1."""
 
@@ -83,65 +91,47 @@ class Gaussian:
         self.mean = np.asarray(mean, dtype=np.float64)
         self.cov = np.atleast_2d(np.asarray(cov, dtype=np.float64))
         self.dim = len(self.mean)
+        self.oracle = GaussianMixture([1.0], [self.mean], [self.cov])
 
     def shape(self, n: int):
         return (n, 1, 1) if self.dim == 1 else (n, self.dim, 1, 1)
 
     def eps_affine(self, a: float, s: float):
-        """E[eps | x_t] = M x_t + k."""
+        """E[eps | x_t] = M x_t + k (the reference closed form)."""
         precision = np.linalg.inv(a * a * self.cov + s * s * np.eye(self.dim))
         return s * precision, -s * a * precision @ self.mean
 
     def model(self, diffusion, seen_t=None):
-        def model_fn(x, t, **_):
-            if seen_t is not None:
-                seen_t.append(t.clone())
-            m, k = self.eps_affine(*level_of(diffusion, t))
-            eps = flat(x, self.dim) @ torch.from_numpy(m).T + torch.from_numpy(k)
-            return eps.to(x.dtype).reshape(x.shape)
-        return model_fn
+        return recording(self.oracle.ideal_model(*train_levels(diffusion)), seen_t)
 
 
 class Mixture:
-    """x0 ~ sum_k pi_k N(mu_k, var I): the ideal eps and the ideal noisy classifier p(k | x_t)."""
+    """x0 ~ sum_k pi_k N(mu_k, var I): the oracle's ideal eps and noisy classifier, and the reference Bayes rule."""
 
     def __init__(self, weights, means, var):
         self.weights = np.asarray(weights, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
         self.var = float(var)
         self.dim = self.means.shape[1]
+        self.oracle = GaussianMixture(self.weights, self.means, [self.var] * len(self.weights))
 
     def component(self, k: int) -> Gaussian:
         return Gaussian(self.means[k], self.var * np.eye(self.dim))
 
-    def log_joint(self, x: torch.Tensor, a: float, s: float) -> torch.Tensor:
-        """(N, K): log pi_k + log N(x_t; a mu_k, (a^2 var + s^2) I); softmax over k is p(k | x_t)."""
-        v = a * a * self.var + s * s
-        d2 = ((x[:, None, :] - a * torch.from_numpy(self.means)[None]) ** 2).sum(-1)
-        log_norm = -0.5 * self.dim * math.log(2 * math.pi * v)
-        return torch.from_numpy(np.log(self.weights)) - d2 / (2 * v) + log_norm
-
     def model(self, diffusion):
-        def model_fn(x, t, **_):
-            a, s = level_of(diffusion, t)
-            xf = flat(x, self.dim)
-            post = torch.softmax(self.log_joint(xf, a, s), dim=1)
-            eps_k = s * (xf[:, None, :] - a * torch.from_numpy(self.means)[None]) / (a * a * self.var + s * s)
-            return (post[..., None] * eps_k).sum(1).to(x.dtype).reshape(x.shape)
-        return model_fn
+        return self.oracle.ideal_model(*train_levels(diffusion))
 
     def classifier(self, diffusion):
         """Logits of the ideal noisy classifier, called as classifier(x_t, t) with the train index t."""
-        return lambda x, t: self.log_joint(flat(x, self.dim), *level_of(diffusion, t))
+        return self.oracle.ideal_classifier(*train_levels(diffusion))
 
     def exact_cond_fn(self, diffusion, scale: float = 1.0):
-        """scale * grad log p(y | x_t) = scale * a / (a^2 var + s^2) * (mu_y - sum_k p(k | x_t) mu_k)."""
+        """scale * grad log p(y | x_t) in closed form (the oracle's), as an ADM cond_fn of train indices."""
+        alphas, sigmas = (torch.from_numpy(v) for v in train_levels(diffusion))
+
         def cond_fn(x, t, y=None, **_):
-            a, s = level_of(diffusion, t)
-            post = torch.softmax(self.log_joint(flat(x, self.dim), a, s), dim=1)
-            means = torch.from_numpy(self.means)
-            grad = a / (a * a * self.var + s * s) * (means[y.long()] - post @ means)
-            return (scale * grad).to(x.dtype).reshape(x.shape)
+            index = t.long().cpu()
+            return scale * self.oracle.class_grad(x, alphas[index], sigmas[index], y)
         return cond_fn
 
     def bayes_rule(self):

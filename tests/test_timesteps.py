@@ -22,10 +22,23 @@ def test_level_conversions_match_the_schedule():
     abar = diffusion.alphas_cumprod[3]
     assert level.t.tolist() == [300, 300]
     assert level.time_in(TimeUnit.TIME).tolist() == pytest.approx([0.301, 0.301])
-    assert level.time_in("sigma")[0].item() == pytest.approx(np.sqrt((1 - abar) / abar), rel=1e-12)
+    assert level.time_in("edm_sigma")[0].item() == pytest.approx(np.sqrt((1 - abar) / abar), rel=1e-12)
     assert level.time_in("logsnr")[0].item() == pytest.approx(np.log(abar / (1 - abar)), rel=1e-12)
     assert level.time_in(TimeUnit.SAMPLING_STEP)[0].item() == 6  # 900, 800, ..., 300 is the 7th step
     assert level.time_in(TimeUnit.SAMPLING_FRACTION)[0].item() == pytest.approx(0.6)
+
+
+def test_bare_sigma_is_not_a_unit_and_edm_sigma_is_sigma_over_alpha():
+    with pytest.raises(ValueError, match="ambiguous.*edm_sigma"):
+        TimeUnit("sigma")
+    level = NoiseLevel.at(torch.tensor([0.5, 0.8], dtype=torch.float64), torch.tensor([0.2, 0.6]))
+    assert level.unit == TimeUnit.EDM_SIGMA
+    assert level.t.tolist() == pytest.approx([0.4, 0.75]) and level.edm_sigma.tolist() == pytest.approx([0.4, 0.75])
+    assert level.time_in("logsnr").tolist() == pytest.approx([2 * np.log(2.5), 2 * np.log(0.8 / 0.6)])
+    with pytest.raises(ValueError, match="no train_index"):
+        NoiseLevel.at(1.0, 0.5, unit="train_index")
+    with pytest.raises(ValueError, match="no train steps"):
+        level.time_in(TimeUnit.TRAIN_INDEX)
 
 
 def test_steps_are_per_sample():
@@ -66,7 +79,7 @@ def test_ranges_in_other_units():
     first_half = TimestepRange(0, 0.5, TimeUnit.SAMPLING_FRACTION)
     active = [int(level.t[0]) for _, level in _levels("ddim10") if first_half.contains(level).all()]
     assert active == [900, 800, 700, 600, 500]
-    low_noise = TimestepRange(0, 1.0, TimeUnit.SIGMA, closed="both")
+    low_noise = TimestepRange(0, 1.0, TimeUnit.EDM_SIGMA, closed="both")
     active = [int(level.t[0]) for d, level in _levels("ddim10") if low_noise.contains(level).all()]
     diffusion = create_gaussian_diffusion(steps=1000)
     sigmas = np.sqrt((1 - diffusion.alphas_cumprod) / diffusion.alphas_cumprod)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.denoisers import Denoiser, Prediction
+from guided_diffusion.denoisers import Prediction
 from guided_diffusion.denoisers.continuous import ContinuousDenoiser, canonical_out_type, prediction_from_output
 from guided_diffusion.diffusion import (
     ContinuousDiffusion,
@@ -21,6 +21,7 @@ from guided_diffusion.diffusion import (
     posterior_from_logsnr,
     v_from,
 )
+from guided_diffusion.toy import GaussianMixture
 from guided_diffusion.samplers import ancestral_step, sample_ddim
 
 T5 = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
@@ -237,7 +238,7 @@ def test_ancestral_fixed_medium_is_the_geometric_interpolation():
     process = ContinuousDiffusion(logsnr_schedule="cosine", model_var_type="fixed_medium", intp_frac=0.3)
     traj = process.trajectory(10)
     x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
-    out = ancestral_step(GaussianX0(0.0, 0.5), traj, x, torch.tensor([3, 8]), variance="fixed_medium",
+    out = ancestral_step(gaussian_x0(0.0, 0.5, 4), traj, x, torch.tensor([3, 8]), variance="fixed_medium",
                          intp_frac=0.3, noise_fn=torch.zeros_like)
     t = torch.tensor([0.4, 0.9], dtype=torch.float64)
     expected = process.posterior(t, t - 0.1)["logvar"]
@@ -247,17 +248,10 @@ def test_ancestral_fixed_medium_is_the_geometric_interpolation():
     assert torch.allclose(expected, 0.7 * small + 0.3 * large, rtol=1e-12)
 
 
-class GaussianX0(Denoiser):
-    """The ideal denoiser of x0 ~ N(mean, var I):
+def gaussian_x0(mean: float, var: float, dim: int):
+    """The oracle's ideal denoiser of x0 ~ N(mean, var I) in ``dim`` values per sample:
     E[x0 | x_t] = mean + alpha var / (alpha^2 var + sigma^2) (x - alpha mean)."""
-
-    def __init__(self, mean: float, var: float):
-        self.mean, self.var = mean, var
-
-    def __call__(self, x, level, **_):
-        a, s = level.coefficient(level.alpha, x), level.coefficient(level.sigma, x)
-        gain = a * self.var / (a ** 2 * self.var + s ** 2)
-        return Prediction.from_x0(x, level, self.mean + gain * (x - a * self.mean))
+    return GaussianMixture([1.0], [[mean] * dim], [var]).denoiser()
 
 
 def test_ddim_with_the_ideal_gaussian_denoiser_recovers_the_moments():
@@ -268,7 +262,7 @@ def test_ddim_with_the_ideal_gaussian_denoiser_recovers_the_moments():
     process = ContinuousDiffusion(logsnr_schedule="cosine")
     traj = process.trajectory(steps)
     z = torch.randn(4000, 2, 1, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    out = sample_ddim(GaussianX0(mean, var), traj, z, clip_denoised=False)
+    out = sample_ddim(gaussian_x0(mean, var, 2), traj, z, clip_denoised=False)
     rho = traj.sigmas / traj.alphas
     product = 1.0
     for i in range(steps - 1, -1, -1):

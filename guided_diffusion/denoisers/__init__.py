@@ -1,10 +1,17 @@
 """The denoiser contract: every model family, wrapped once, maps (x_t, noise level) to a :class:`Prediction`.
 
 A denoiser is called as ``denoiser(x_t, level, **model_kwargs)`` where ``level`` is a
-:class:`~guided_diffusion.timesteps.NoiseLevel` (x_t = alpha * x0 + sigma * eps). It computes the model's own
-time input inside (``model_time``), runs the network, and returns predictions of x0 and eps (plus the raw
-learned-variance channels where the model has them). Samplers and guidance only see this interface, so a new
-model family needs one wrapper and a new sampler works with every family and every guidance method.
+:class:`~guided_diffusion.timesteps.NoiseLevel` (x_t = alpha * x0 + sigma * eps) with *any* (alpha, sigma):
+on the model's own training grid or not, variance-preserving or exploding. A base denoiser computes the
+network's own time input and input scale inside (``model_time``), runs the network, and returns predictions
+of x0 and eps (plus the raw learned-variance channels where the model has them). Samplers and guidance only
+see this interface, so a new model family needs one wrapper and a new sampler works with every family and
+every guidance method.
+
+Each denoiser also says what the network outputs (``output``, a
+:class:`~guided_diffusion.denoisers.outputs.ModelOutput`), whether its x0 should be clipped to [-1, 1] when
+sampling (``clip_denoised``: pixel models yes, latent and EDM models no), and which network it wraps
+(``network``, reachable through any stack of wrappers).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+import torch.nn as nn
 
 from ..timesteps import NoiseLevel, TimeUnit
 
@@ -71,19 +79,42 @@ class Prediction:
                        var_values=None if self.var_values is None else fn(self.var_values))
 
 
+def shift_score(pred: Prediction, x: torch.Tensor, level: NoiseLevel, grad: torch.Tensor) -> Prediction:
+    """Gradient guidance as a score shift: eps' = eps - sigma * grad, x0' re-derived from eps' (not clipped).
+
+    With grad = s * d log p(y | x_t) / dx_t this is the score of p(x_t) p(y | x_t)^s (ADM's DDIM guidance).
+    """
+    return pred.with_eps(x, level, pred.eps - level.coefficient(level.sigma, x) * grad)
+
+
+def match_level(x: torch.Tensor, level: NoiseLevel, own_alpha: torch.Tensor) -> torch.Tensor:
+    """x = alpha x0 + sigma eps rescaled to the network's own level with the same sigma / alpha.
+
+    A network trained on x_m = alpha_m x0 + sigma_m eps sees x * alpha_m / alpha; x0 and eps are the same at
+    both, so the prediction holds for the caller's x too.
+    """
+    return x * level.coefficient(own_alpha / level.alpha, x)
+
+
 class Denoiser(ABC):
     """Base of all denoisers: a callable ``(x, level, **model_kwargs) -> Prediction``.
 
-    ``prediction_type`` names what the network outputs (eps, x0, v, edm, prev_x); ``time_unit`` names the
-    unit of ``level.t`` it expects.
+    ``output`` names what the network outputs; ``time_unit`` names the unit of the network's own time;
+    ``clip_denoised`` whether samplers clip its x0 to [-1, 1] by default (pixel data).
     """
 
-    prediction_type: str = "eps"
+    output: str = "eps"
     time_unit: TimeUnit = TimeUnit.TRAIN_INDEX
+    clip_denoised: bool = False
+
+    @property
+    def network(self) -> Optional[nn.Module]:
+        """The wrapped network (None for analytic denoisers)."""
+        return None
 
     def model_time(self, level: NoiseLevel) -> torch.Tensor:
-        """The time input the network (and any ADM-style cond_fn) receives at this level."""
-        return level.t
+        """The time input the network receives at this level (in ``time_unit``)."""
+        return level.time_in(self.time_unit)
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> Prediction:
@@ -91,18 +122,26 @@ class Denoiser(ABC):
 
 
 class DenoiserWrapper(Denoiser):
-    """A denoiser that modifies another one (guidance, feature injection ...); delegates its time input."""
+    """A denoiser that modifies another one (guidance, feature injection ...); delegates everything else."""
 
     def __init__(self, inner: Denoiser):
         self.inner = inner
 
     @property
-    def prediction_type(self) -> str:  # type: ignore[override]
-        return self.inner.prediction_type
+    def output(self) -> str:  # type: ignore[override]
+        return self.inner.output
 
     @property
     def time_unit(self) -> TimeUnit:  # type: ignore[override]
         return self.inner.time_unit
+
+    @property
+    def clip_denoised(self) -> bool:  # type: ignore[override]
+        return self.inner.clip_denoised
+
+    @property
+    def network(self) -> Optional[nn.Module]:
+        return self.inner.network
 
     def model_time(self, level: NoiseLevel) -> torch.Tensor:
         return self.inner.model_time(level)

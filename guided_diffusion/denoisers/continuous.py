@@ -2,23 +2,30 @@
 
 The network is called as ``model(x_t, t, **model_kwargs)`` with t in [0, 1] the continuous time (0 clean,
 1 noise), not the log-SNR: that is what VDPM's UNet embeds (as 1000 * t). Its output is read according to
-``out_type``:
+``out_type`` (x0, eps, both or v: see :mod:`guided_diffusion.denoisers.outputs`).
 
-- ``x0``: the clean image; ``eps``: the noise; ``v``: the velocity alpha * eps - sigma * x0 (x0 = alpha x -
-  sigma v, eps = sigma x + alpha v);
-- ``both``: 2C channels (x0_raw, eps_raw), mixed as x0 = sigma^2 * x0_raw + alpha^2 * x0(eps_raw): the x0 head
-  is trusted at high noise and the eps route at low noise (VDPM since 2024; eps is re-derived from that x0).
+Any level reaches the network: its log-SNR is mapped back to the time of the model's schedule (the
+schedule's inverse) and x is rescaled to that variance-preserving level; levels of the model's own process
+pass through untouched.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn as nn
 
 from ..timesteps import NoiseLevel, TimeUnit
-from . import Denoiser, Prediction
+from . import Denoiser, Prediction, match_level
+from .outputs import ModelOutput, model_output
+from .outputs import prediction_from_output as _read_output
 
+# The output types of the v-objective model (--model-out-type), and the original's spellings of them.
 OUT_TYPES = ("x0", "eps", "both", "v")
 OUT_TYPE_ALIASES = {"x_0": "x0", "epsilon": "eps"}
+# Levels whose log-SNR agrees with the schedule at their time to this much are the schedule's own.
+LOGSNR_TOLERANCE = 1e-9
 
 
 def canonical_out_type(name: str) -> str:
@@ -31,48 +38,59 @@ def canonical_out_type(name: str) -> str:
 
 def out_channels(in_channels: int, out_type: str) -> int:
     """How many channels a network must output for this type (``both`` needs x0 and eps heads)."""
-    return 2 * in_channels if canonical_out_type(out_type) == "both" else in_channels
+    return model_output(canonical_out_type(out_type)).channels(in_channels)
 
 
 def prediction_from_output(out: torch.Tensor, x: torch.Tensor, level: NoiseLevel, out_type: str) -> Prediction:
     """Read a network output of ``out_type`` at ``level`` as consistent x0 and eps predictions."""
-    out_type = canonical_out_type(out_type)
-    expected = out_channels(x.shape[1], out_type)
-    if out.shape[1] != expected:
-        raise ValueError(f"model output type {out_type!r} needs {expected} channels for {x.shape[1]}-channel data, "
-                         f"the model gave {out.shape[1]}: check --model-out-type")
-    if out_type == "x0":
-        return Prediction.from_x0(x, level, out)
-    if out_type == "eps":
-        return Prediction.from_eps(x, level, out)
-    if out_type == "v":
-        return Prediction.from_v(x, level, out)
-    x0_raw, eps_raw = out.chunk(2, dim=1)
-    x0_from_eps = Prediction.from_eps(x, level, eps_raw).x0
-    alpha2 = level.coefficient(level.alpha ** 2, x)
-    sigma2 = level.coefficient(level.sigma ** 2, x)
-    return Prediction.from_x0(x, level, sigma2 * x0_raw + alpha2 * x0_from_eps)
+    return _read_output(out, x, level, canonical_out_type(out_type))
 
 
 class ContinuousDenoiser(Denoiser):
     """Wraps ``model(x, t, **kwargs)`` whose ``t`` is continuous time in [0, 1] (TimeUnit.TIME).
 
-    Levels must carry continuous time (those of :class:`~guided_diffusion.diffusion.continuous.ContinuousDiffusion`
-    and its trajectories do). The network receives t as float32, enough for its 1000 * t embedding.
+    :param schedule: the model's log-SNR schedule (a callable t -> lambda with an ``inverse``, such as
+        :class:`~guided_diffusion.diffusion.continuous.LogSNRSchedule`); with it any level is accepted,
+        without it only continuous-time levels of the model's own process.
+    :param clip_denoised: whether samplers clip x0 to [-1, 1] by default (pixel models).
+
+    The network receives t as float32, enough for its 1000 * t embedding.
     """
 
     time_unit = TimeUnit.TIME
 
-    def __init__(self, model, out_type: str = "v"):
+    def __init__(self, model, out_type: str = "v", schedule=None, *, clip_denoised: bool = False):
         self.model = model
         self.out_type = canonical_out_type(out_type)
-        self.prediction_type = self.out_type
+        self.output = ModelOutput(self.out_type)
+        self.schedule = schedule
+        self.clip_denoised = clip_denoised
+
+    @property
+    def network(self) -> Optional[nn.Module]:
+        return self.model if isinstance(self.model, nn.Module) else None
+
+    def own_level(self, level: NoiseLevel) -> NoiseLevel:
+        """The model's own level at the same log-SNR (the level itself when it is one)."""
+        if self.schedule is None:
+            if level.unit != TimeUnit.TIME:
+                raise ValueError(f"a continuous-time model without its schedule needs levels in continuous "
+                                 f"time, got {level.unit.value}; build it with schedule= to accept any level")
+            return level
+        logsnr = level.logsnr
+        if level.unit == TimeUnit.TIME:
+            gap = (self.schedule(level.t).to(logsnr.device) - logsnr).abs()
+            if bool((gap <= LOGSNR_TOLERANCE * logsnr.abs().clamp(min=1)).all()):
+                return level
+        t = self.schedule.inverse(logsnr).to(logsnr.device)
+        alpha, sigma = torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+        return NoiseLevel(alpha=alpha, sigma=sigma, t=t, unit=TimeUnit.TIME)
 
     def model_time(self, level: NoiseLevel) -> torch.Tensor:
-        if level.unit != TimeUnit.TIME:
-            raise ValueError(f"a continuous-time model needs levels in continuous time, got {level.unit.value}")
-        return level.t.to(torch.float32)
+        return self.own_level(level).t.to(torch.float32)
 
     def __call__(self, x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> Prediction:
-        out = self.model(x, self.model_time(level), **model_kwargs)
-        return prediction_from_output(out, x, level, self.out_type)
+        own = self.own_level(level)
+        x_in = x if own is level else match_level(x, level, own.alpha)
+        out = self.model(x_in, own.t.to(torch.float32), **model_kwargs)
+        return _read_output(out, x_in, own, self.output)

@@ -11,24 +11,23 @@ and the step variance of p(x_s | x_t) is (1 - r) sigma_s^2 (fixed_small, the pos
 Everything that involves 1 - r or log-SNR differences is computed in float64 through log1mexp / logsigmoid.
 
 The process plugs into the shared machinery: :meth:`ContinuousDiffusion.denoiser` wraps a network into the
-denoiser contract (continuous time, ``TimeUnit.TIME``), :meth:`ContinuousDiffusion.trajectory` gives the
-sampling grid t_i = (i + 1) / N as an ordinary :class:`~guided_diffusion.trajectory.Trajectory`, and the
-samplers and guidance wrappers of the package run on them unchanged.
+denoiser contract (continuous time, ``TimeUnit.TIME``, any level accepted through the schedule's inverse),
+:meth:`ContinuousDiffusion.trajectory` gives the sampling grid t_i = (i + 1) / N as an ordinary
+:class:`~guided_diffusion.trajectory.Trajectory`, and the samplers and guidance wrappers of the package run on
+them unchanged (VDPM's own sampling recipe is :func:`guided_diffusion.vdpm.sample_vdpm`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from ..denoisers import Denoiser
 from ..denoisers.continuous import ContinuousDenoiser, canonical_out_type
-from ..guidance.cfg import ClassifierFreeGuidance, drop_labels, null_labels_like
-from ..samplers.ancestral import sample_ancestral
-from ..samplers.ddim import sample_ddim
+from ..labels import drop_labels
 from ..timesteps import NoiseLevel, TimeUnit
 from ..trajectory import Trajectory
 from .continuous_losses import LOSS_TYPES, canonical_reweight_type, kl_terms, mse_terms, prior_bpd
@@ -101,6 +100,28 @@ class LogSNRSchedule:
                                                  - _LEGACY_FROM * math.log(_LEGACY_FROM) + _LEGACY_FROM)
         # The 1e-9 keeps lambda(0) finite (alpha_bar(0) = 1); it fixes lambda(0) = -log(1e-9) = 20.72.
         return log_alpha_bar - log1mexp(log_alpha_bar - 1e-9)
+
+    def inverse(self, logsnr) -> torch.Tensor:
+        """The time t in [0, 1] with lambda(t) = logsnr (float64; clamped to [0, 1] outside the schedule's
+        range). Closed forms for linear, sigmoid and cosine; bisection to float64 precision for legacy."""
+        logsnr = _float64(logsnr)
+        lo, hi = self.logsnr_min, self.logsnr_max
+        if self.name == "sigmoid":
+            t = (logsnr - hi) / (lo - hi)
+        elif self.name == "linear":
+            t = (torch.sigmoid(logsnr) - _sigmoid(hi)) / (_sigmoid(lo) - _sigmoid(hi))
+        elif self.name == "cosine":
+            t_from = 2 / math.pi * math.atan(math.exp(-hi / 2))
+            t_to = 2 / math.pi * math.atan(math.exp(-lo / 2))
+            t = (2 / math.pi * torch.atan(torch.exp(-logsnr / 2)) - t_from) / (t_to - t_from)
+        else:  # legacy: lambda decreases monotonically in t
+            low, high = torch.zeros_like(logsnr), torch.ones_like(logsnr)
+            for _ in range(64):
+                mid = (low + high) / 2
+                above = self(mid) > logsnr
+                low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+            t = (low + high) / 2
+        return t.clamp(0.0, 1.0)
 
     def __repr__(self) -> str:
         return f"LogSNRSchedule({self.name!r}, logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max})"
@@ -260,11 +281,12 @@ class ContinuousDiffusion:
         return posterior_from_logsnr(self.schedule(t), self.schedule(s), var_type or self.model_var_type,
                                      self.intp_frac)
 
-    def denoiser(self, model) -> Denoiser:
-        """``model(x, t, **kwargs)`` as a denoiser reading this process's output type (denoisers pass through)."""
+    def denoiser(self, model, clip_denoised: bool = True) -> Denoiser:
+        """``model(x, t, **kwargs)`` as a denoiser reading this process's output type, accepting any level
+        through this process' schedule (denoisers pass through). ``clip_denoised``: pixel data, as VDPM's."""
         if isinstance(model, Denoiser):
             return model
-        return ContinuousDenoiser(model, self.model_out_type)
+        return ContinuousDenoiser(model, self.model_out_type, self.schedule, clip_denoised=clip_denoised)
 
     # ----------------------------------------------------------------------------------------------
     # Training.
@@ -334,50 +356,3 @@ class ContinuousDiffusion:
         """KL(q(x_1 | x0) || N(0, I)) per sample in bits/dim (the bound's prior term)."""
         level = self.level(torch.ones(x0.shape[0], dtype=torch.float64, device=x0.device))
         return prior_bpd(x0, level.alpha, level.sigma)
-
-    # ----------------------------------------------------------------------------------------------
-    # Sampling.
-    def guided_denoiser(self, model, *, w_guide: float = 0.0, labels: Optional[torch.Tensor] = None,
-                        null_label: Union[int, float] = 0, label_key: str = "y", guidance: str = "posterior_mean",
-                        clip_denoised: bool = True) -> Denoiser:
-        """The model's denoiser, wrapped in classifier-free guidance when w_guide > 0 and labels are given.
-
-        ``guidance`` "posterior_mean" is VDPM's (1 + w) * cond - w * uncond on the clipped-x0 posterior mean;
-        "eps" applies the same strength as uncond + (1 + w) * (cond - uncond) to the raw predictions. Without
-        clipping the two coincide, and the eps form is used.
-        """
-        if guidance not in ("posterior_mean", "eps"):
-            raise ValueError(f"guidance must be posterior_mean or eps, got {guidance!r}")
-        denoiser = self.denoiser(model)
-        if labels is None or w_guide == 0:
-            return denoiser
-        uncond = {label_key: null_labels_like(labels, null_label)}
-        if guidance == "posterior_mean" and clip_denoised:
-            return ClassifierFreeGuidance.on_posterior_mean(denoiser, w_guide, uncond_kwargs=uncond)
-        return ClassifierFreeGuidance.on_eps(denoiser, 1.0 + w_guide, uncond_kwargs=uncond)
-
-    def sample(self, model, noise: torch.Tensor, labels: Optional[torch.Tensor] = None, *, w_guide: float = 0.0,
-               guidance: str = "posterior_mean", use_ddim: bool = False, eta: float = 0.0,
-               num_steps: Optional[int] = None, clip_denoised: bool = True, null_label: Union[int, float] = 0,
-               label_key: str = "y", model_kwargs: Optional[dict] = None,
-               noise_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-               progress: bool = False) -> torch.Tensor:
-        """Samples from ``noise`` over ``num_steps`` (default sample_timesteps) steps t = (i + 1) / N -> i / N.
-
-        Ancestral (this process's variance type) or DDIM(eta); x0 clipped to [-1, 1]; the last step returns the
-        (guided) x0. The result is determined by ``noise`` and, for ancestral or eta > 0, by ``noise_fn``
-        (per-step Gaussian draws; torch.randn_like under the global RNG when None, a
-        ``StackedRandomGenerator.randn_like`` for per-sample seeds).
-        """
-        model_kwargs = dict(model_kwargs or {})
-        if labels is not None:
-            model_kwargs[label_key] = labels
-        denoiser = self.guided_denoiser(model, w_guide=w_guide, labels=labels, null_label=null_label,
-                                        label_key=label_key, guidance=guidance, clip_denoised=clip_denoised)
-        trajectory = self.trajectory(num_steps)
-        if use_ddim:
-            return sample_ddim(denoiser, trajectory, noise, eta=eta, clip_denoised=clip_denoised,
-                               model_kwargs=model_kwargs, noise_fn=noise_fn, progress=progress)
-        return sample_ancestral(denoiser, trajectory, noise, variance=self.model_var_type,
-                                intp_frac=self.intp_frac, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
-                                noise_fn=noise_fn, progress=progress)

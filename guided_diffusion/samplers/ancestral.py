@@ -13,8 +13,7 @@ import torch
 
 from ..denoisers import Denoiser, Prediction
 from ..trajectory import Trajectory
-from ..guidance.gradient import CondFn, shift_mean
-from .common import NoiseFn, last, predict, run_chain
+from .common import Guide, NoiseFn, last, predict, run_chain, shift_mean
 
 VARIANCES = ("fixed_small", "fixed_large", "fixed_medium", "learned", "learned_range")
 
@@ -63,14 +62,15 @@ def ancestral_distribution(pred: Prediction, x: torch.Tensor, trajectory: Trajec
 
 
 def ancestral_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, index: torch.Tensor, *,
-                   variance: str = "fixed_large", intp_frac: float = 0.0, clip_denoised: bool = True,
-                   denoised_fn: Optional[Callable] = None, cond_fn: Optional[CondFn] = None,
+                   variance: str = "fixed_large", intp_frac: float = 0.0, clip_denoised: Optional[bool] = None,
+                   denoised_fn: Optional[Callable] = None, guide: Optional[Guide] = None,
                    model_kwargs: Optional[dict] = None, noise_fn: Optional[NoiseFn] = None
                    ) -> Dict[str, torch.Tensor]:
-    """One ancestral step from trajectory level ``index`` to ``index - 1`` (clean data after level 0).
+    """One ancestral step from trajectory level ``index`` to ``index - 1`` (the final level after level 0).
 
-    With ``cond_fn`` the mean moves by variance * cond_fn(x, t) (ADM's classifier guidance). Noise is drawn
+    With ``guide`` the mean moves by variance * guide(x, level) (ADM's classifier guidance). Noise is drawn
     at every step, the last included (where it is multiplied by zero), so random streams match ADM's.
+    ``clip_denoised`` None: the denoiser's own choice.
     """
     model_kwargs = model_kwargs or {}
     level = trajectory.level(index)
@@ -78,10 +78,11 @@ def ancestral_step(denoiser: Denoiser, trajectory: Trajectory, x: torch.Tensor, 
                    model_kwargs=model_kwargs)
     mean, var, log_variance = ancestral_distribution(pred, x, trajectory, index, variance, intp_frac)
     noise = (noise_fn or torch.randn_like)(x)
-    if cond_fn is not None:
-        mean = shift_mean(mean, var, cond_fn(x, denoiser.model_time(level), **model_kwargs))
-    nonzero = (index != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-    sample = mean + nonzero * torch.exp(0.5 * log_variance) * noise
+    if guide is not None:
+        mean = shift_mean(mean, var, guide(x, level, **model_kwargs))
+    # The step to a clean final level draws no noise; a noisy final level (alpha_bar_0) keeps its variance.
+    nonzero = ((index != 0) | bool(trajectory.posterior_variance[0] > 0)).to(x.dtype)
+    sample = mean + nonzero.reshape(-1, *([1] * (x.ndim - 1))) * torch.exp(0.5 * log_variance) * noise
     return {"sample": sample, "pred_xstart": pred.x0, "mean": mean, "variance": var,
             "log_variance": log_variance}
 

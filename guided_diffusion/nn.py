@@ -18,6 +18,18 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+class HookPoint(nn.Identity):
+    """A named place in a network where activations can be read or replaced (forward hooks on it), e.g. by
+    :class:`~guided_diffusion.guidance.injection.FeatureInjection`. It computes nothing and holds no weights,
+    so state dicts and checkpoints are unaffected."""
+
+
+def hook_points(module: nn.Module) -> list:
+    """The names of every :class:`HookPoint` inside ``module`` (module paths, e.g.
+    ``output_blocks.4.0.hook_out``)."""
+    return [name for name, m in module.named_modules() if isinstance(m, HookPoint)]
+
+
 def normalization(channels: int) -> nn.Module:
     """The normalisation layer every ADM block uses: GroupNorm with 32 groups, computed in float32."""
     return GroupNorm32(32, channels)

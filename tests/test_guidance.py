@@ -107,7 +107,7 @@ def test_combine_and_restrict_cond_fns():
     early = restrict_cond_fn(fn, TimestepRange(0, 200))(x, t, y=y)
     assert torch.allclose(early[0], fn(x, t, y=y)[0]) and early[1].abs().max() == 0
     with pytest.raises(ValueError, match="train_index"):
-        restrict_cond_fn(fn, TimestepRange(0, 1, TimeUnit.SIGMA))
+        restrict_cond_fn(fn, TimestepRange(0, 1, TimeUnit.EDM_SIGMA))
 
 
 def test_cfg_and_classifier_guidance_stack(setting):

@@ -8,11 +8,13 @@ import math
 import pytest
 import torch
 
-from guided_diffusion.denoisers import Denoiser, Prediction
+from guided_diffusion.denoisers import Prediction
 from guided_diffusion.diffusion import ContinuousDiffusion
 from guided_diffusion.guidance import ClassifierFreeGuidance, drop_labels
 from guided_diffusion.samplers import ancestral_step, ddim_step, sample_ddim
 from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.toy import GaussianMixture
+from guided_diffusion.vdpm import sample_vdpm
 
 M, VAR = 0.02, 0.04  # class means +-M, per-class variance VAR: M / sqrt(VAR) = 0.1
 NULL = 0
@@ -23,34 +25,21 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-class TwoGaussians(Denoiser):
-    """Ideal x0-denoisers of x0 | y=1 ~ N(+M, VAR), x0 | y=2 ~ N(-M, VAR), and (y = 0, the null label) of their
-    equal mixture. With V = alpha^2 VAR + sigma^2 and k = alpha VAR / V:
+def two_gaussians(dim: int):
+    """The oracle's ideal x0-denoisers of x0 | y=1 ~ N(+M, VAR I), x0 | y=2 ~ N(-M, VAR I), and (y = 0, the null
+    label) of their equal mixture. With V = alpha^2 VAR + sigma^2 and k = alpha VAR / V:
     E[x0 | x_t, y] = mu_y + k (x_t - alpha mu_y);
-    E[x0 | x_t] = k x_t + (1 - alpha k) M tanh(alpha M x_t / V)   (p(1 | x_t) - p(2 | x_t) = tanh(...)).
+    E[x0 | x_t] = k x_t + (1 - alpha k) M tanh(alpha M sum(x_t) / V)   (p(1 | x_t) - p(2 | x_t) = tanh(...)).
     """
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, x, level, y=None, **_):
-        self.calls += 1
-        a = level.coefficient(level.alpha, x)
-        s = level.coefficient(level.sigma, x)
-        big_v = a ** 2 * VAR + s ** 2
-        k = a * VAR / big_v
-        y = y.reshape(-1, *([1] * (x.ndim - 1)))
-        mu = M * torch.where(y == 1, 1.0, -1.0).to(x.dtype)  # M itself would pass through float32
-        cond = mu + k * (x - a * mu)
-        uncond = k * x + (1 - a * k) * M * torch.tanh(a * M * x / big_v)
-        return Prediction.from_x0(x, level, torch.where(y == NULL, uncond, cond))
+    return GaussianMixture([0.5, 0.5], [[M] * dim, [-M] * dim], [VAR, VAR]).denoiser(label_offset=1,
+                                                                                     null_label=NULL)
 
 
-def _cfg(convention, w, labels):
+def _cfg(convention, w, labels, dim=1):
     null = {"y": torch.full_like(labels, NULL)}
     if convention == "posterior_mean":
-        return ClassifierFreeGuidance.on_posterior_mean(TwoGaussians(), w, uncond_kwargs=null)
-    return ClassifierFreeGuidance.on_eps(TwoGaussians(), 1.0 + w, uncond_kwargs=null)
+        return ClassifierFreeGuidance.on_posterior_mean(two_gaussians(dim), w, uncond_kwargs=null)
+    return ClassifierFreeGuidance.on_eps(two_gaussians(dim), 1.0 + w, uncond_kwargs=null)
 
 
 @pytest.mark.parametrize("convention", ["posterior_mean", "eps"])
@@ -63,7 +52,7 @@ def test_guided_prediction_separates_classes_by_one_plus_w(convention, w):
     level = process.level(t)
     x = 0.3 * torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ones, twos = torch.ones(5, dtype=torch.long), torch.full((5,), 2)
-    sep = _cfg(convention, w, ones)(x, level, y=ones).x0 - _cfg(convention, w, twos)(x, level, y=twos).x0
+    sep = _cfg(convention, w, ones, 4)(x, level, y=ones).x0 - _cfg(convention, w, twos, 4)(x, level, y=twos).x0
     a, s = level.alpha.reshape(-1, 1, 1, 1), level.sigma.reshape(-1, 1, 1, 1)
     expected = (1 + w) * 2 * M * s ** 2 / (a ** 2 * VAR + s ** 2)
     assert torch.allclose(sep, expected.expand_as(sep), rtol=1e-10, atol=1e-14)
@@ -104,8 +93,8 @@ def test_process_sampler_uses_the_seed_convention_on_the_mixture():
     process = ContinuousDiffusion(logsnr_schedule="cosine", sample_timesteps=8)
     labels = torch.tensor([1, 2, 1, 2])
     z = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    via_process = process.sample(TwoGaussians(), z, labels, w_guide=1.0, use_ddim=True)
-    direct = sample_ddim(_cfg("posterior_mean", 1.0, labels), process.trajectory(8), z, model_kwargs={"y": labels})
+    via_process = sample_vdpm(process, two_gaussians(4), z, labels, w_guide=1.0, use_ddim=True)
+    direct = sample_ddim(_cfg("posterior_mean", 1.0, labels, 4), process.trajectory(8), z, model_kwargs={"y": labels})
     assert torch.equal(via_process, direct)
 
 

@@ -1,4 +1,7 @@
-"""Classifier guidance: cond_fns built from noisy classifiers, and their composition."""
+"""ADM's classifier guidance: cond_fns ``cond_fn(x, t, **model_kwargs)`` built from noisy classifiers, and their
+composition. A cond_fn reads a bare time tensor; samplers take it through a guide that says which unit
+(:mod:`guided_diffusion.guidance.guides`), or through the ADM facade (train indices).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..timesteps import TimestepRange, TimeUnit
-from .gradient import CondFn
+
+CondFn = Callable[..., torch.Tensor]
 
 
 def classifier_cond_fn(classifier: Callable, scale: float = 1.0, *, takes_time: bool = True) -> CondFn:

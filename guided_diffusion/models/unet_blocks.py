@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import avg_pool_nd, checkpoint, conv_nd, linear, normalization, sdpa_heads, zero_module
+from ..nn import HookPoint, avg_pool_nd, checkpoint, conv_nd, linear, normalization, sdpa_heads, zero_module
 
 
 class TimestepBlock(nn.Module):
@@ -114,6 +114,7 @@ class ResBlock(TimestepBlock):
             self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
         else:
             self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
+        self.hook_out = HookPoint()  # the block's output (PnP injects decoder ResBlock features here)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
@@ -134,11 +135,11 @@ class ResBlock(TimestepBlock):
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        return self.hook_out(self.skip_connection(x) + h)
 
 
-def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> torch.Tensor:
-    """Multi-head attention over a fused (B, 3*H*ch, T) projection.
+def split_qkv(qkv: torch.Tensor, num_heads: int, legacy_order: bool):
+    """q, k, v of shape (B, H, ch, T) from a fused (B, 3*H*ch, T) projection.
 
     The two channel layouts have identical parameter shapes but are not interchangeable:
     the legacy order interleaves per head ([q_h, k_h, v_h] for each head h), the new order
@@ -149,32 +150,40 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> torc
         raise ValueError(f"qkv width {width} is not divisible by 3 * num_heads ({num_heads})")
     ch = width // (3 * num_heads)
     if legacy_order:
-        q, k, v = qkv.reshape(b, num_heads, 3 * ch, length).split(ch, dim=2)
-    else:
-        q, k, v = (part.reshape(b, num_heads, ch, length) for part in qkv.chunk(3, dim=1))
-    return sdpa_heads(q, k, v)
+        return qkv.reshape(b, num_heads, 3 * ch, length).split(ch, dim=2)
+    return tuple(part.reshape(b, num_heads, ch, length) for part in qkv.chunk(3, dim=1))
 
 
-class QKVAttentionLegacy(nn.Module):
+def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> torch.Tensor:
+    """Multi-head attention over a fused (B, 3*H*ch, T) projection (layouts: see :func:`split_qkv`)."""
+    return sdpa_heads(*split_qkv(qkv, num_heads, legacy_order))
+
+
+class _HookedAttention(nn.Module):
+    """Attention over a fused qkv with hook points on the queries, keys and values (PnP injects q and k)."""
+
+    legacy_order = False
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = split_qkv(qkv, self.n_heads, self.legacy_order)
+        return sdpa_heads(self.hook_q(q), self.hook_k(k), self.hook_v(v))
+
+
+class QKVAttentionLegacy(_HookedAttention):
     """Attention with the per-head interleaved qkv layout (``use_new_attention_order=False``)."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        return qkv_attention(qkv, self.n_heads, legacy_order=True)
+    legacy_order = True
 
 
-class QKVAttention(nn.Module):
+class QKVAttention(_HookedAttention):
     """Attention with the q-then-k-then-v layout (``use_new_attention_order=True``, attention pooling)."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        return qkv_attention(qkv, self.n_heads, legacy_order=False)
+    legacy_order = False
 
 
 def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:

@@ -115,7 +115,7 @@ def test_distillation_loss_is_the_class_averaged_kl_to_the_sharpened_teacher():
 
 
 def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
-    from guided_diffusion.diffusion import gaussian_diffusion as gd
+    from guided_diffusion.adm import diffusion as gd
     seen = []
     real = gd.GaussianDiffusion.q_sample
 
@@ -149,3 +149,27 @@ def test_bad_input(tmp_path, capsys, extra, words):
     for w in words:
         assert w in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_expert_saves_into_its_save_dir_not_the_logger_folder(tmp_path):
+    from guided_diffusion import logger
+    from guided_diffusion.ppap.experts import ExpertRanges
+    from guided_diffusion.ppap.training import NoisyClassifierTrainer
+    from guided_diffusion.script_util import create_gaussian_diffusion
+
+    def data(start):
+        g = torch.Generator().manual_seed(start)
+        while True:
+            yield torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, {"y": torch.randint(0, 10, (4,), generator=g)}
+
+    logger.configure(str(tmp_path / "log"), format_strs=["log"])
+    diffusion = create_gaussian_diffusion(steps=100)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    trainer = NoisyClassifierTrainer(model=model, diffusion=diffusion, t_range=ExpertRanges(2, 100).ranges[1],
+                                     expert=1, n_experts=2, state_fn=model.state_dict, data=data,
+                                     batch_size=4, max_steps=2, save_interval=1, progress=False,
+                                     save_dir=str(tmp_path / "ckpt"))
+    trainer.run_loop()
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["1_iteration1_max2.ckpt", "1_iteration2_max2.ckpt"]
+    assert sorted(os.listdir(tmp_path / "log")) == ["log.txt"]
+    logger.configure(str(tmp_path / "other"), format_strs=[])  # detach from tmp_path

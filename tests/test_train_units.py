@@ -11,16 +11,62 @@ import torch
 import torch.nn as nn
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.train import (LossSecondMomentResampler, MixedPrecisionTrainer, Trainer, UniformSampler,
-                                    atomic_save, companion_paths, latest_checkpoint, parse_ema_rates,
-                                    parse_resume_step_from_filename)
+from guided_diffusion.guidance.cfg import drop_labels
+from guided_diffusion.train import (LossSecondMomentResampler, MixedPrecisionTrainer, Objective, StepRandom,
+                                    Trainer, TrainLoop, UniformSampler, atomic_save, companion_paths,
+                                    latest_checkpoint, linear_warmup_schedule, parse_ema_rates,
+                                    parse_resume_step_from_filename, step_seed)
 
 
-class Linear(Trainer):
+class LeastSquares(Objective):
     """A deterministic least-squares problem: no noise, so any two runs must agree to rounding."""
 
-    def compute_loss(self, batch, cond):
-        return ((self.ddp_model(batch) - cond["target"]) ** 2).mean()
+    def loss(self, model, batch, cond, draws):
+        return ((model(batch) - cond["target"]) ** 2).mean()
+
+
+class NoisyLeastSquares(Objective):
+    """Least squares on inputs perturbed by the step's draws: noise from the global torch RNG (as the ADM
+    objectives draw theirs) and per-example weights from the step's numpy generator."""
+
+    def draw(self, batch, cond, rng):
+        weights = torch.from_numpy(rng.numpy.uniform(0.5, 1.5, size=batch.shape[0])).float()
+        return {"noise": torch.randn_like(batch), "weights": weights}
+
+    def loss(self, model, batch, cond, draws):
+        err = ((model(batch + draws["noise"]) - cond["target"]) ** 2).mean(dim=1)
+        return (err * draws["weights"]).mean()
+
+
+class DrawsPerMicroBatch(NoisyLeastSquares):
+    """The same loss with its randomness drawn anew for every micro-batch (what a loop must not do)."""
+
+    def __init__(self):
+        self.rng = None
+
+    def draw(self, batch, cond, rng):
+        self.rng = rng
+        return {}
+
+    def loss(self, model, batch, cond, draws):
+        return super().loss(model, batch, cond, super().draw(batch, cond, self.rng))
+
+
+class Recording(NoisyLeastSquares):
+    """Records every draw and the slice of the draws (and of the batch) each micro-batch's loss sees."""
+
+    def __init__(self):
+        self.draws, self.seen = [], []
+
+    def draw(self, batch, cond, rng):
+        out = super().draw(batch, cond, rng)
+        out["index"] = torch.arange(batch.shape[0])
+        self.draws.append({"batch": batch.clone(), **{k: v.clone() for k, v in out.items()}})
+        return out
+
+    def loss(self, model, batch, cond, draws):
+        self.seen.append({"batch": batch.clone(), **{k: v.clone() for k, v in draws.items()}})
+        return super().loss(model, batch, cond, draws)
 
 
 def fixed_data(n=8, seed=0):
@@ -30,11 +76,12 @@ def fixed_data(n=8, seed=0):
         yield x, {"target": y}
 
 
-def make(**kw) -> Linear:
+def make(objective=None, **kw) -> Trainer:
+    """A Trainer on the least-squares problem; tests that save pass their own save_dir."""
     torch.manual_seed(0)
-    args = dict(model=nn.Linear(3, 2), data=fixed_data(), batch_size=8, lr=0.1, log_interval=1000,
-                save_interval=1000, progress=False)
-    return Linear(**{**args, **kw})
+    args = dict(model=nn.Linear(3, 2), objective=objective or LeastSquares(), data=fixed_data(), batch_size=8,
+                lr=0.1, log_interval=1000, save_interval=1000, progress=False, save_dir="never-written")
+    return Trainer(**{**args, **kw})
 
 
 def test_microbatching_does_not_change_the_update():
@@ -44,6 +91,63 @@ def test_microbatching_does_not_change_the_update():
         micro.run_step(*next(micro.data))
     for a, b in zip(full.model.parameters(), micro.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_draws_are_made_once_per_step_and_sliced_to_each_micro_batch():
+    rec = Recording()
+    t = make(rec, microbatch=3, seed=11)
+    for _ in range(2):
+        t.run_step(*next(t.data))
+    assert len(rec.draws) == 2
+    assert [s["index"].tolist() for s in rec.seen] == [[0, 1, 2], [3, 4, 5], [6, 7]] * 2
+    for step, drawn in enumerate(rec.draws):
+        pieces = rec.seen[3 * step:3 * step + 3]
+        for key, full in drawn.items():
+            torch.testing.assert_close(torch.cat([p[key] for p in pieces]), full, rtol=0, atol=0)
+        # The step's streams come from step_seed(seed, step, rank): numpy directly, torch via the global seed.
+        rng = StepRandom.from_seed(step_seed(11, step, 0))
+        expected = torch.from_numpy(rng.numpy.uniform(0.5, 1.5, size=8)).float()
+        torch.testing.assert_close(drawn["weights"], expected, rtol=0, atol=0)
+        torch.manual_seed(step_seed(11, step, 0))
+        torch.testing.assert_close(drawn["noise"], torch.randn(8, 3), rtol=0, atol=0)
+
+
+def test_micro_batches_make_the_update_of_one_batch_with_random_draws():
+    full, micro = make(NoisyLeastSquares()), make(NoisyLeastSquares(), microbatch=3)
+    per_micro = make(DrawsPerMicroBatch(), microbatch=3)
+    for _ in range(3):
+        for t in (full, micro, per_micro):
+            t.run_step(*next(t.data))
+    for a, b in zip(full.model.parameters(), micro.model.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    # The check has teeth: drawing per micro-batch changes the update.
+    gap = max(float((a - b).detach().abs().max())
+              for a, b in zip(full.model.parameters(), per_micro.model.parameters()))
+    assert gap > 1e-3
+
+
+def test_diffusion_objective_accumulates_the_gradient_of_one_batch():
+    """ADM's loss (t, weights and noise drawn for the whole batch) on a tiny UNet: 3 + 3 + 2 = 8."""
+    from guided_diffusion.script_util import create_model_and_diffusion
+    from script_runs import tiny_flags
+    grads = []
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for microbatch in (-1, 3):
+        torch.manual_seed(0)
+        model, diffusion = create_model_and_diffusion(**tiny_flags(learn_sigma=True))
+        with torch.no_grad():  # the zero-initialised layers would stop the gradient of everything before them
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(0, 0.05)
+        loop = TrainLoop(model=model, diffusion=diffusion, data=iter([]), batch_size=8, microbatch=microbatch,
+                         lr=1e-3, ema_rate="", log_interval=1, save_interval=1000, resume_checkpoint="",
+                         save_dir="never-written", progress=False)
+        torch.manual_seed(5)
+        loop.forward_backward(x, {}, StepRandom.from_seed(5))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
 
 
 def test_ema_follows_its_update_rule():
@@ -64,6 +168,142 @@ def test_lr_anneals_linearly_and_stops_there():
         lrs.append(t.opt.param_groups[0]["lr"])
     assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])
     assert t.total_steps == 4
+
+
+def test_lr_at_follows_the_warm_up_and_anneal_closed_forms_and_betas_reach_adamw():
+    warm = make(lr_schedule=linear_warmup_schedule(0.1, 4), betas=(0.5, 0.75))
+    assert [warm.lr_at(k) for k in range(6)] == pytest.approx([0.1 * min((k + 1) / 4, 1) for k in range(6)])
+    assert warm.opt.param_groups[0]["betas"] == (0.5, 0.75)
+    anneal = make(lr_anneal_steps=5)
+    assert [anneal.lr_at(k) for k in range(5)] == pytest.approx([0.1 * (1 - k / 5) for k in range(5)])
+    assert make().lr_at(0) == make().lr_at(10 ** 6) == 0.1
+    custom = make(lr_schedule=lambda k: 0.5 ** k, lr_anneal_steps=3)  # schedule sets lr, anneal ends the run
+    lrs = []
+    while not custom._finished():
+        custom.run_step(*next(custom.data))
+        lrs.append(custom.opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 0.5, 0.25]
+    for k in range(3):
+        warm.run_step(*next(warm.data))
+        assert warm.opt.param_groups[0]["lr"] == warm.lr_at(k)
+
+
+class LabelledLinear(nn.Module):
+    """x -> lin(x) + emb(y); records the labels of every forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.emb, self.labels = nn.Linear(3, 1), nn.Embedding(11, 1), []
+
+    def forward(self, x, y):
+        self.labels.append(y.clone())
+        return self.lin(x) + self.emb(y)
+
+
+class LabelProbe(Objective):
+    def __init__(self):
+        self.drawn_labels = []
+
+    def draw(self, batch, cond, rng):
+        self.drawn_labels.append(cond["y"].clone())
+        return {}
+
+    def loss(self, model, batch, cond, draws):
+        return (model(batch, cond["y"]) ** 2).mean()
+
+
+def test_label_dropout_happens_before_the_forward_pass_with_the_rate_and_null_label():
+    n, p, null = 4000, 0.3, 10
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, generator=g), torch.randint(0, 10, (n,), generator=g)
+    probe, model = LabelProbe(), LabelledLinear()
+    t = make(probe, model=model, batch_size=n, microbatch=1000, p_uncond=p, null_label=null, seed=2)
+    t.run_step(x, {"y": y})
+    seen = torch.cat(model.labels)
+    torch.testing.assert_close(seen, probe.drawn_labels[0], rtol=0, atol=0)  # dropped before the draws, too
+    dropped = seen == null
+    assert abs(float(dropped.float().mean()) - p) < 0.04  # 4 standard deviations of the binomial rate
+    assert torch.equal(seen[~dropped], y[~dropped])
+    expected = drop_labels(y, p, null, StepRandom.from_seed(step_seed(2, 0, 0)).torch)
+    assert torch.equal(seen, expected)
+    assert float(t.model.emb.weight.grad[null].abs()) > 0  # the null label was trained
+    plain = make(LabelProbe(), model=LabelledLinear(), batch_size=n, p_uncond=0.0)
+    plain.run_step(x, {"y": y})
+    assert torch.equal(plain.model.labels[0], y)
+    unlabelled = make(p_uncond=0.1)
+    with pytest.raises(ValueError, match="needs labels"):
+        unlabelled.run_step(*next(unlabelled.data))
+    with pytest.raises(ValueError, match="p_uncond"):
+        make(p_uncond=1.5)
+
+
+class Counting(LeastSquares):
+    """An objective with state: the number of losses computed (stored for exact resume)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def loss(self, model, batch, cond, draws):
+        self.calls += 1
+        return super().loss(model, batch, cond, draws)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state.get("calls", 0)
+
+
+def test_checkpoints_land_in_save_dir_not_in_the_logger_folder(tmp_path):
+    logger.configure(str(tmp_path / "log"), format_strs=["log"])
+    t = make(Counting(), save_dir=str(tmp_path / "ckpt"), ema_rate="0.9", max_steps=2, save_interval=1)
+    t.run_loop()
+    assert sorted(os.listdir(tmp_path / "ckpt")) == [
+        "ema_0.9_000001.pt", "ema_0.9_000002.pt", "model000001.pt", "model000002.pt", "opt000001.pt",
+        "opt000002.pt", "train_state000001.pt", "train_state000002.pt"]
+    assert sorted(os.listdir(tmp_path / "log")) == ["log.txt"]
+    state = torch.load(tmp_path / "ckpt" / "train_state000002.pt", weights_only=True)
+    assert state["step"] == 2 and state["calls"] == 2
+    resumed = make(Counting(), save_dir=str(tmp_path / "ckpt"), resume_checkpoint=str(tmp_path / "ckpt"))
+    assert resumed.total_steps == 2 and resumed.objective.calls == 2
+    with pytest.raises(ValueError, match="save_dir"):
+        make(save_dir="")
+    logger.configure(str(tmp_path / "other"), format_strs=[])  # detach from tmp_path
+
+
+def test_grad_clipping_clips_the_global_norm_after_accumulation():
+    x, cond = next(fixed_data())
+    ref = make()
+    ref.forward_backward(x, cond, StepRandom.from_seed(0))
+    full = [p.grad.clone() for p in ref.model.parameters()]
+    norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in full])))
+    for max_norm in (0.25 * norm, 4 * norm):  # clipped, and left alone
+        t = make(microbatch=3, max_grad_norm=max_norm)
+        logger.dumpkvs()
+        t.forward_backward(x, cond, StepRandom.from_seed(0))
+        assert logger.dumpkvs()["grad_norm_unclipped"] == pytest.approx(norm, rel=1e-6)
+        for g, p in zip(full, t.model.parameters()):
+            torch.testing.assert_close(p.grad, g * min(1.0, max_norm / norm), atol=1e-6, rtol=1e-5)
+    # Clipping each micro-batch's gradient instead would give another direction, so this test can tell.
+    pieces = []
+    for i in range(0, 8, 3):
+        piece = make(batch_size=len(x[i:i + 3]))
+        piece.forward_backward(x[i:i + 3], {"target": cond["target"][i:i + 3]}, StepRandom.from_seed(0))
+        grads = [p.grad * len(x[i:i + 3]) / 8 for p in piece.model.parameters()]
+        piece_norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
+        pieces.append([g * min(1.0, 0.25 * norm / piece_norm) for g in grads])
+    per_piece = [sum(gs) for gs in zip(*pieces)]
+    assert max(float((a - b * 0.25).abs().max()) for a, b in zip(per_piece, full)) > 1e-3
+    # fp16: the gradients carry the loss scale 2^lg; the norm is measured, clipped and logged without it.
+    t = make(max_grad_norm=0.25 * norm)
+    t.mp_trainer.use_fp16, t.mp_trainer.lg_loss_scale = True, 3.0
+    for p, g in zip(t.model.parameters(), full):
+        p.grad = g * 8
+    logger.dumpkvs()
+    t.clip_grad_norm()
+    assert logger.dumpkvs()["grad_norm_unclipped"] == pytest.approx(norm, rel=1e-6)
+    for p, g in zip(t.model.parameters(), full):
+        torch.testing.assert_close(p.grad, g * 8 * 0.25, atol=1e-6, rtol=1e-5)
 
 
 def test_ema_rates_parse_and_reject_nonsense():
@@ -200,14 +440,13 @@ def test_launcher_detection(monkeypatch):
 def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights():
     seen = []
 
-    class Probe(Linear):
-        def compute_loss(self, batch, cond):
-            out = self.ddp_model(batch)
+    class Probe(Objective):
+        def loss(self, model, batch, cond, draws):
+            out = model(batch)
             seen.append(out.dtype)
             return ((out.float() - cond["target"]) ** 2).mean()
 
-    torch.manual_seed(0)
-    t = Probe(model=nn.Linear(3, 2), data=fixed_data(), batch_size=8, lr=0.1, use_bf16=True, progress=False)
+    t = make(Probe(), use_bf16=True)
     fp32 = make()
     for _ in range(3):
         t.run_step(*next(t.data))

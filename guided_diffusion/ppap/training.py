@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from .. import dist_util, logger
 from ..timesteps import TimestepRange
 from ..train import Trainer, atomic_save
-from ..train.classifier import accuracy
+from ..train.loop import logger_dir
+from ..train.objective import Draws, Objective, StepRandom, accuracy
 from .classifiers import add_lora, build_classifier, freeze_for_ppap, imagenet_normalize
 from .experts import ExpertRanges, LoRAExpertSet
 
@@ -54,63 +55,91 @@ def expert_checkpoint_name(expert: int, n_experts: int, step: Optional[int] = No
     return f"{expert}_max{n_experts}.ckpt" if step is None else f"{expert}_iteration{step}_max{n_experts}.ckpt"
 
 
-class _ExpertTrainer(Trainer):
-    """One expert's run: timesteps drawn inside its range, checkpoints under PPAP's names."""
+class _ExpertObjective(Objective):
+    """Timesteps t ~ U[lo, hi) of one expert's range (original train indices) from ``rng.numpy``, then the
+    q_sample noise from the global torch RNG on the device: the draws of PPAP's experts."""
 
-    def __init__(self, *, diffusion, t_range: TimestepRange, expert: int, n_experts: int,
-                 state_fn: Callable[[], Dict[str, torch.Tensor]], **kwargs):
-        self.diffusion, self.t_range, self.expert, self.n_experts = diffusion, t_range, expert, n_experts
-        self.state_fn = state_fn
-        super().__init__(**kwargs)
+    def __init__(self, diffusion, t_range: TimestepRange):
+        self.diffusion, self.t_range = diffusion, t_range
 
-    def noisy(self, x0: torch.Tensor):
-        """x_t = q_sample(x0, t) with t ~ U[lo, hi) (original train indices)."""
-        t = torch.from_numpy(self.rng.integers(int(self.t_range.lo), int(self.t_range.hi), size=x0.shape[0]))
-        t = t.to(x0.device)
-        return self.diffusion.q_sample(x0, t), t
+    def draw(self, batch: torch.Tensor, cond: Dict[str, torch.Tensor], rng: StepRandom) -> Draws:
+        lo, hi = int(self.t_range.lo), int(self.t_range.hi)
+        t = torch.from_numpy(rng.numpy.integers(lo, hi, size=batch.shape[0]))
+        return {"t": t, "noise": torch.randn_like(batch, device=dist_util.dev())}
 
-    def save(self) -> None:
-        if self.rank == 0:
-            folder = logger.get_dir() or "."
-            name = expert_checkpoint_name(self.expert, self.n_experts, self.total_steps)
-            atomic_save(self.state_fn(), os.path.join(folder, name))
-        dist_util.barrier()
+    def noisy(self, x0: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """x_t = q_sample(x0, t) with the drawn t and noise."""
+        return self.diffusion.q_sample(x0, draws["t"], noise=draws["noise"])
 
 
-class NoisyClassifierTrainer(_ExpertTrainer):
+class NoisyClassifierObjective(_ExpertObjective):
     """finetune / multi_experts: cross-entropy of the classifier on x_t against the true label
-    (``clean``: on normalize((x0 + 1) / 2), the input convention of off-the-shelf classifiers)."""
+    (``clean``: on normalize((x0 + 1) / 2), the input convention of off-the-shelf classifiers; nothing is
+    drawn)."""
 
-    def __init__(self, *, clean: bool = False, **kwargs):
+    def __init__(self, diffusion, t_range: TimestepRange, clean: bool = False):
+        super().__init__(diffusion, t_range)
         self.clean = clean
-        super().__init__(**kwargs)
 
-    def compute_loss(self, batch, cond):
-        x_t = imagenet_normalize(batch) if self.clean else self.noisy(batch)[0]
-        logits = self.ddp_model(x_t).float()
+    def draw(self, batch: torch.Tensor, cond: Dict[str, torch.Tensor], rng: StepRandom) -> Draws:
+        return {} if self.clean else super().draw(batch, cond, rng)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, cond: Dict[str, torch.Tensor],
+             draws: Draws) -> torch.Tensor:
+        x_t = imagenet_normalize(batch) if self.clean else self.noisy(batch, draws)
+        logits = model(x_t).float()
         loss = F.cross_entropy(logits, cond["y"])
         logger.logkv_mean("loss", loss.item())
         logger.logkv_mean("acc@1", accuracy(logits.detach(), cond["y"], 1).mean().item())
         return loss
 
 
-class DistillationTrainer(_ExpertTrainer):
+class DistillationObjective(_ExpertObjective):
     """ppap: the student on x_t matches the teacher's sharpened prediction on x0 (no labels used)."""
 
-    def __init__(self, *, teacher: nn.Module, **kwargs):
+    def __init__(self, diffusion, t_range: TimestepRange, teacher: nn.Module):
+        super().__init__(diffusion, t_range)
         self.teacher = teacher
-        super().__init__(**kwargs)
 
-    def compute_loss(self, batch, cond):
+    def loss(self, model: nn.Module, batch: torch.Tensor, cond: Dict[str, torch.Tensor],
+             draws: Draws) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = self.teacher(imagenet_normalize(batch))
-        x_t, _ = self.noisy(batch)
-        student_logits = self.ddp_model(x_t)
+        student_logits = model(self.noisy(batch, draws))
         loss = distillation_loss(teacher_logits, student_logits)
         logger.logkv_mean("kd_loss", loss.item())
         agree = student_logits.argmax(-1) == teacher_logits.argmax(-1)
         logger.logkv_mean("teacher_agreement", agree.float().mean().item())
         return loss
+
+
+class _ExpertTrainer(Trainer):
+    """One expert's run: checkpoints ``state_fn()`` under PPAP's names in ``save_dir``."""
+
+    def __init__(self, *, expert: int, n_experts: int, state_fn: Callable[[], Dict[str, torch.Tensor]],
+                 **kwargs):
+        self.expert, self.n_experts, self.state_fn = expert, n_experts, state_fn
+        super().__init__(**kwargs)
+
+    def save(self) -> None:
+        if self.rank == 0:
+            name = expert_checkpoint_name(self.expert, self.n_experts, self.total_steps)
+            atomic_save(self.state_fn(), os.path.join(self.save_dir, name))
+        dist_util.barrier()
+
+
+class NoisyClassifierTrainer(_ExpertTrainer):
+    """An expert trained with a :class:`NoisyClassifierObjective`."""
+
+    def __init__(self, *, diffusion, t_range: TimestepRange, clean: bool = False, **kwargs):
+        super().__init__(objective=NoisyClassifierObjective(diffusion, t_range, clean), **kwargs)
+
+
+class DistillationTrainer(_ExpertTrainer):
+    """An expert (the LoRA student) trained with a :class:`DistillationObjective`."""
+
+    def __init__(self, *, diffusion, t_range: TimestepRange, teacher: nn.Module, **kwargs):
+        super().__init__(objective=DistillationObjective(diffusion, t_range, teacher), **kwargs)
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
@@ -120,12 +149,12 @@ def trainable_parameter_count(model: nn.Module) -> int:
 def train_experts(*, method: str, classifier_name: str, diffusion, data: Callable[[int], Iterator],
                   n_experts: int, iterations: int, num_classes: int, init_path: str = "",
                   gamma: int = 16, lora_alpha: float = 8.0, scale_convention: str = "alpha_over_r",
-                  anneal_lr: bool = False, expert_init: str = "chained",
+                  anneal_lr: bool = False, expert_init: str = "chained", save_dir: Optional[str] = None,
                   trainer_kwargs: Optional[dict] = None) -> List[str]:
     """Train every expert in turn (skipping those whose final checkpoint exists) and return their paths.
 
     ``expert_init``: "chained" starts expert i from expert i-1 (from its checkpoint when a rerun skipped it),
-    "pretrained" from the off-the-shelf weights.
+    "pretrained" from the off-the-shelf weights. Checkpoints go to ``save_dir`` (None: the logger's folder).
 
     ``data(start_step)`` yields (x0, cond) batches; ``trainer_kwargs`` go to each expert's Trainer (lr,
     batch_size, microbatch, save_interval, log_interval, seed, use_bf16, weight_decay, progress).
@@ -142,7 +171,7 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
     device = dist_util.dev()
     base = build_classifier(classifier_name, init_path or None, num_classes=num_classes).to(device)
     kwargs = dict(trainer_kwargs or {})
-    folder = logger.get_dir() or "."
+    folder = save_dir or logger_dir()
     paths, expert_set, teacher, previous = [], None, None, None
     if method == "ppap":
         teacher = base.eval()
@@ -176,9 +205,10 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
         start = f"expert {i - 1}" if chained else "the off-the-shelf weights"
         logger.log(f"expert {i}/{n_experts}: t in {t_range}, {per_expert} steps from {start}, "
                    f"{trainable_parameter_count(model):,} trainable parameters")
-        trainer = trainer_cls(model=model, diffusion=diffusion, t_range=t_range, expert=i, n_experts=n_experts,
-                              state_fn=state_fn, data=data, max_steps=per_expert,
-                              lr_anneal_steps=per_expert if anneal_lr else 0, **extra, **kwargs)
+        trainer = trainer_cls(model=model, diffusion=diffusion, t_range=t_range, expert=i,
+                              n_experts=n_experts, state_fn=state_fn, data=data, max_steps=per_expert,
+                              save_dir=folder, lr_anneal_steps=per_expert if anneal_lr else 0, **extra,
+                              **kwargs)
         trainer.run_loop()
         if dist_util.is_main():
             atomic_save(state_fn(), final)
@@ -200,5 +230,6 @@ def _load_trained_expert(path: str, index: int, base: nn.Module, expert_set: Opt
     return None
 
 
-__all__ = ["METHODS", "EXPERT_INITS", "KD_TEMPERATURE", "distillation_loss", "train_experts", "expert_checkpoint_name",
+__all__ = ["METHODS", "EXPERT_INITS", "KD_TEMPERATURE", "distillation_loss", "train_experts",
+           "expert_checkpoint_name", "NoisyClassifierObjective", "DistillationObjective",
            "NoisyClassifierTrainer", "DistillationTrainer", "trainable_parameter_count"]

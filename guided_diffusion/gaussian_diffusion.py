@@ -1,6 +1,6 @@
-"""ADM import path: ``from guided_diffusion.gaussian_diffusion import GaussianDiffusion``."""
+"""ADM import shim: ``from guided_diffusion.gaussian_diffusion import GaussianDiffusion`` keeps working."""
 
-from .diffusion.gaussian_diffusion import (  # noqa: F401
+from .adm.diffusion import (  # noqa: F401
     GaussianDiffusion,
     LossType,
     ModelMeanType,

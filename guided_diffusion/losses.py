@@ -1,4 +1,4 @@
-"""ADM import path: ``from guided_diffusion.losses import normal_kl, ...``."""
+"""ADM import shim: ``from guided_diffusion.losses import normal_kl, ...`` keeps working."""
 
 from .diffusion.losses import (  # noqa: F401
     approx_standard_normal_cdf,

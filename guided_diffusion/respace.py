@@ -1,4 +1,4 @@
-"""ADM import path: ``from guided_diffusion.respace import SpacedDiffusion, space_timesteps``."""
+"""ADM import shim: ``from guided_diffusion.respace import SpacedDiffusion, space_timesteps`` keeps working."""
 
-from .diffusion.gaussian_diffusion import SpacedDiffusion  # noqa: F401
+from .adm.diffusion import SpacedDiffusion  # noqa: F401
 from .diffusion.schedules import space_timesteps  # noqa: F401

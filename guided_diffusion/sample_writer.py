@@ -1,10 +1,16 @@
-"""Sharded, resumable sampling runs that end in ADM's ``samples_NxHxWx3.npz`` with a PNG grid beside it.
+"""Writers for seeded sampling runs: sharded, resumable, never a half-written file.
 
-Each rank samples batches of the seeds not yet done and writes every batch as a shard
-(``<out>/shards/shard_<first seed>_<count>.npz`` holding its seeds, images and labels) through a temp
-file. A restarted run skips the seeds its shards already hold, whatever the world size or batch size, so
-it ends with the same npz as an uninterrupted run. Rank 0 then assembles the shards in seed order, writes
-the npz, the grid and the flags, and removes the shards.
+- :func:`run_seeded_sampling` ends in ADM's ``samples_NxHxWx3.npz`` with a PNG grid beside it. Each rank
+  samples batches of the seeds not yet done and writes every batch as a shard
+  (``<out>/shards/shard_<first seed>_<count>.npz`` holding its seeds, images and labels) through a temp file.
+  A restarted run skips the seeds its shards already hold, whatever the world size or batch size, so it ends
+  with the same npz as an uninterrupted run. Rank 0 then assembles the shards in seed order, writes the npz,
+  the grid and the flags, and removes the shards.
+- :func:`write_seed_pngs` writes one PNG per seed (EDM's ``generate.py`` layout, or any naming such as a
+  dataset's ``{idx:06d}.png``); a restarted run makes only the files still missing.
+
+Both take a ``sample_batch(seeds) -> (uint8 NHWC images, labels or None)`` from
+:func:`guided_diffusion.sampling.make_batch_sampler`.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import dist_util, logger
-from .train.checkpointing import atomic_write_bytes, write_json
+from .files import atomic_write_bytes, write_json
 
 BatchFn = Callable[[List[int]], Tuple[np.ndarray, Optional[np.ndarray]]]
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC, truncating as ADM does: ((x + 1) * 127.5).clamp(0, 255)."""
-    x = ((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+def to_uint8(x: torch.Tensor, rounding: str = "adm") -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC: "adm" truncates ((x + 1) * 127.5).clamp(0, 255) as ADM's scripts do, "edm"
+    rounds (x * 127.5 + 128).clip(0, 255) as EDM's generate.py does."""
+    if rounding not in ("adm", "edm"):
+        raise ValueError(f"rounding must be adm or edm, got {rounding!r}")
+    x = x.float() * 127.5 + (127.5 if rounding == "adm" else 128.0)
+    x = x.clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
@@ -101,10 +111,8 @@ def run_seeded_sampling(sample_batch: BatchFn, *, seeds: Sequence[int], batch_si
     depend only on the seeds. ``identity`` holds the flags that change the images (model, sampler,
     scale, ...); a folder whose shards were made with other values is refused.
     """
-    rank, world = dist_util.get_rank(), dist_util.get_world_size()
-    seeds = [int(s) for s in seeds]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError("the seed list repeats seeds; every sample needs its own seed")
+    rank = dist_util.get_rank()
+    seeds = _unique_seeds(seeds)
     h, w = image_shape
     final = os.path.join(out_dir, npz_name(len(seeds), h, w))
     shard_dir = os.path.join(out_dir, "shards")
@@ -123,18 +131,11 @@ def run_seeded_sampling(sample_batch: BatchFn, *, seeds: Sequence[int], batch_si
     todo = [s for s in seeds if s not in done]
     if done and rank == 0:
         logger.log(f"resuming: {len(seeds) - len(todo)} of {len(seeds)} samples found in {shard_dir}")
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)][rank::world]
-    bar = tqdm(total=len(todo), unit="img", disable=not (progress and rank == 0), dynamic_ncols=True,
-               desc="sampling")
-    for chunk in batches:
-        images, labels = sample_batch(chunk)
+    for chunk, images, labels in _my_batches(sample_batch, todo, batch_size, progress):
         buf = io.BytesIO()
         extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
         np.savez(buf, seeds=np.asarray(chunk, dtype=np.int64), images=images, **extra)
         atomic_write_bytes(buf.getvalue(), os.path.join(shard_dir, f"shard_{chunk[0]:09d}_{len(chunk)}.npz"))
-        bar.update(len(chunk) * world)
-    bar.close()
-    dist_util.barrier()
 
     if rank == 0:
         _assemble(seeds, shard_dir, final, flags, grid_count)
@@ -165,4 +166,58 @@ def _assemble(seeds: List[int], shard_dir: str, final: str, flags: Optional[Dict
     logger.log(f"saved {final} ({len(seeds)} samples) and {os.path.basename(base)}_grid.png")
 
 
-__all__ = ["run_seeded_sampling", "to_uint8", "image_grid", "save_png", "write_npz", "npz_name"]
+def png_bytes(image: np.ndarray) -> bytes:
+    """An HWC uint8 image (1 or 3 channels) as PNG bytes ('L' or 'RGB')."""
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def seed_png_name(seed: int, subdirs: bool = False) -> str:
+    """EDM's layout: ``{seed:06d}.png``, or ``{seed - seed % 1000:06d}/{seed:06d}.png`` with ``subdirs``."""
+    return f"{seed - seed % 1000:06d}/{seed:06d}.png" if subdirs else f"{seed:06d}.png"
+
+
+def write_seed_pngs(sample_batch: BatchFn, *, seeds: Sequence[int], batch_size: int, out_dir: str,
+                    name: Callable[[int], str] = seed_png_name, progress: bool = True) -> List[str]:
+    """One PNG per seed at ``out_dir/name(seed)`` (temp file, then rename); returns the paths in seed order.
+
+    Seeds whose file exists are skipped, so a restarted run makes only the missing ones; rank r takes every
+    world-th batch of what is left. Labels are not stored (EDM's layout has none).
+    """
+    seeds = _unique_seeds(seeds)
+    paths = {s: os.path.join(out_dir, name(s)) for s in seeds}
+    todo = [s for s in seeds if not os.path.exists(paths[s])]
+    dist_util.barrier()  # every rank has listed the folder before anyone writes to it
+    if dist_util.is_main() and len(todo) < len(seeds):
+        logger.log(f"resuming: {len(seeds) - len(todo)} of {len(seeds)} images already in {out_dir}")
+    for chunk, images, _ in _my_batches(sample_batch, todo, batch_size, progress):
+        for seed, image in zip(chunk, images):
+            atomic_write_bytes(png_bytes(image), paths[seed])
+    return [paths[s] for s in seeds]
+
+
+def _unique_seeds(seeds: Sequence[int]) -> List[int]:
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("the seed list repeats seeds; every sample needs its own seed")
+    return seeds
+
+
+def _my_batches(sample_batch: BatchFn, todo: List[int], batch_size: int, progress: bool):
+    """Yield (seeds, images, labels) of this rank's share of ``todo`` (every world-th batch), with a progress
+    bar on rank 0; all ranks meet at a barrier when done."""
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)][rank::world]
+    bar = tqdm(total=len(todo), unit="img", disable=not (progress and rank == 0), dynamic_ncols=True,
+               desc="sampling")
+    for chunk in batches:
+        images, labels = sample_batch(chunk)
+        yield chunk, images, labels
+        bar.update(len(chunk) * world)
+    bar.close()
+    dist_util.barrier()
+
+
+__all__ = ["run_seeded_sampling", "write_seed_pngs", "seed_png_name", "png_bytes", "to_uint8", "image_grid",
+           "save_png", "write_npz", "npz_name"]

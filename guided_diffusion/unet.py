@@ -1,4 +1,4 @@
-"""ADM import path: ``from guided_diffusion.unet import UNetModel``."""
+"""ADM import shim: ``from guided_diffusion.unet import UNetModel`` keeps working."""
 
 from .models.unet import (  # noqa: F401
     EncoderUNetModel,

@@ -1,4 +1,4 @@
-"""What the VDPM scripts share: flags -> model and process, config files, labels, seeded sampling, metrics.
+"""What the VDPM scripts share: flags -> model and process, labels, seeded sampling, checkpoint hints, metrics.
 
 Labels follow the seed: class k is stored as k + 1 and 0 is the classifier-free null label; CelebA's 40 tags
 are a {0, 1} vector whose null is all zeros. Data sets yield 0-based classes; :func:`model_labels` shifts them.
@@ -8,22 +8,24 @@ bit mask sum_j tag_j 2^j.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import functools
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .data import VDPM_DATASET_INFO
+from .denoisers import Denoiser
 from .diffusion.continuous import ContinuousDiffusion
+from .guidance.cfg import ClassifierFreeGuidance
+from .labels import null_label_fn
 from .metrics.evaluate import compute_activations
 from .metrics.stats import frechet_distance, precision_recall
 from .models.vdpm import VDPMUNet, create_vdpm_model
+from .samplers import sample_ancestral, sample_ddim
 from .sample_writer import to_uint8
-from .seeded import StackedRandomGenerator
+from .sampling import BatchFn, ClassLabels, LabelMode, TagRows, make_batch_sampler, tag_bits
 
 MODEL_FLAGS = ("hid_channels", "ch_multipliers", "num_res_blocks", "apply_attn", "drop_rate", "num_heads",
                "head_dim")
@@ -32,6 +34,11 @@ DIFFUSION_FLAGS = ("logsnr_schedule", "logsnr_min", "logsnr_max", "train_timeste
 # What fixes the network's shape: a checkpoint loads only into a model built from the same values.
 NETWORK_FLAGS = ("dataset", "image_size", "use_cfg", "model_out_type") + MODEL_FLAGS
 DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs" / "vdpm")
+# A checkpoint that does not fit is explained in these flags (ADM's name -> VDPM's; None: no VDPM flag says it).
+CHECKPOINT_FLAG_NAMES = {"num_channels": "hid-channels", "num_res_blocks": "num-res-blocks",
+                         "channel_mult": "ch-multipliers", "class_cond": "use-cfg", "num_classes": None,
+                         "learn_sigma": None, "attention_resolutions": None, "use_scale_shift_norm": None,
+                         "resblock_updown": None, "image_size": "image-size"}
 NULL_LABEL = 0
 
 
@@ -63,146 +70,90 @@ def model_labels(labels: torch.Tensor, multitags: bool) -> torch.Tensor:
     return labels.float() if multitags else labels.long() + 1
 
 
-def tags_to_int(tags: torch.Tensor) -> torch.Tensor:
-    """(N, K <= 62) {0, 1} tag vectors -> int64 bit masks sum_j tag_j 2^j (how sample files store them)."""
-    bits = (tags != 0).long()
-    return (bits << torch.arange(bits.shape[1], device=bits.device)).sum(dim=1)
+# Multi-tag rows are stored in sample files as bit masks (bit j = tag j).
+tags_to_int = tag_bits
 
 
-# ---------------------------------------------------------------------------------------------- config files
-def resolve_config_path(config: str, config_dir: str) -> str:
-    """A path, or a bare name looked up as ``<config_dir>/<name>.json``."""
-    if os.path.isfile(config):
-        return config
-    candidate = os.path.join(config_dir or DEFAULT_CONFIG_DIR, config if config.endswith(".json") else config + ".json")
-    if os.path.isfile(candidate):
-        return candidate
-    names = sorted(p[:-5] for p in os.listdir(config_dir)) if os.path.isdir(config_dir) else []
-    raise FileNotFoundError(f"--config {config!r}: neither a file nor {candidate!r}"
-                            + (f"; configs in {config_dir}: {', '.join(names)}" if names else ""))
-
-
-def load_config(path: str) -> Dict:
-    """A config file as a flat dict of flag names (underscores): its sections ("train", "model", ...) merge."""
-    with open(path) as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config {path} is not valid JSON: {exc}") from None
-    flat: Dict = {}
-    for key, value in raw.items():
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        for k, v in items:
-            k = k.replace("-", "_")
-            if k in flat:
-                raise ValueError(f"config {path} sets {k!r} twice")
-            flat[k] = v
-    flat.pop("comment", None)
-    return flat
-
-
-def typed_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
-    """The dest names of the options written in ``argv`` (``--x v``, ``--x=v``, ``--no-x``)."""
-    words = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return {action.dest for action in parser._actions if words & set(action.option_strings)}
-
-
-def _coerce(action: argparse.Action, value, source: str):
-    """A config value checked (and converted) as the command line would have checked it."""
-    name = action.option_strings[0]
-    if value is None:
-        return None
-    if isinstance(action, argparse.BooleanOptionalAction) or isinstance(action.default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
-        return value
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(int(v) if isinstance(v, bool) else v) for v in value)
-    if isinstance(value, bool) or (action.type is int and isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"{source}: {name} cannot take {value!r}")
-    if action.type is not None:
-        try:
-            value = action.type(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise ValueError(f"{source}: {name} cannot take {value!r}") from None
-    if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{source}: {name} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return value
-
-
-def apply_flag_values(parser: argparse.ArgumentParser, args: argparse.Namespace, values: Dict, typed: set,
-                      source: str, ignore: Sequence[str] = ()) -> List[str]:
-    """Set every flag in ``values`` that was not typed on the command line; unknown names are an error.
-    Returns the names that were set."""
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
-    unknown = sorted(k for k in values if k not in actions and k not in ignore)
-    if unknown:
-        raise ValueError(f"{source} sets unknown flags {', '.join(unknown)}; known: {', '.join(sorted(actions))}")
-    done = []
-    for key, value in values.items():
-        if key in typed or key in ignore:
-            continue
-        setattr(args, key, _coerce(actions[key], value, source))
-        done.append(key)
-    return done
-
-
-# ---------------------------------------------------------------------------------------------- sampling
-LabelMode = Union[str, Sequence[int]]
-
-
-def make_vdpm_batch_sampler(model, diffusion: ContinuousDiffusion, *, shape: Tuple[int, int, int],
-                            num_classes: int = 0, multitags: bool = False, labels: LabelMode = "random",
-                            tag_rows: Optional[torch.Tensor] = None, w_guide: float = 0.0,
-                            guidance: str = "posterior_mean", use_ddim: bool = False, eta: float = 0.0,
-                            num_steps: Optional[int] = None, device=None, progress: bool = False
-                            ) -> Callable[[List[int]], Tuple[np.ndarray, Optional[np.ndarray]]]:
-    """``seeds -> (uint8 NHWC RGB images, labels or None)``, every sample a function of its seed alone.
+def vdpm_batch_sampler(model, diffusion: ContinuousDiffusion, *, shape: Tuple[int, int, int], num_classes: int = 0,
+                       multitags: bool = False, labels: LabelMode = "random", tag_rows: Optional[torch.Tensor] = None,
+                       w_guide: float = 0.0, guidance: str = "posterior_mean", use_ddim: bool = False,
+                       eta: float = 0.0, num_steps: Optional[int] = None, device=None, progress: bool = False
+                       ) -> BatchFn:
+    """VDPM's recipe for the one seeded batch sampler: ``seeds -> (uint8 NHWC RGB images, labels or None)``.
 
     Sample i draws from the generator of its seed: its starting noise, then its label (a class in
     0..num_classes-1, or a row of ``tag_rows`` for multi-tag models), then each step's noise. ``labels``:
     "random" keeps the drawn class, "cycle" uses seed % num_classes, a list L uses L[seed % len(L)], "null" feeds
     the null label (0, or all-zero tags: the unconditional branch) and returns no labels; the label is drawn in
     every mode, so a seed's noise does not depend on the mode. ``num_classes`` 0: an unconditional model.
+    Classes are stored 0-based and fed to the model as k + 1; tag rows are stored as bit masks.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if not isinstance(labels, str):
-        labels = [int(v) for v in labels]
-        bad = [v for v in labels if not 0 <= v < num_classes]
-        if not labels or bad:
-            raise ValueError(f"labels must be classes in 0..{num_classes - 1}, got {labels}")
-    elif labels not in ("random", "cycle", "null"):
-        raise ValueError(f"labels must be 'random', 'cycle', 'null' or a list of classes, got {labels!r}")
-    if num_classes and multitags and labels != "null" and (tag_rows is None or len(tag_rows) == 0):
-        raise ValueError("a multi-tag model needs tag rows (label vectors) to sample with")
+    conditions = None
+    if num_classes and multitags:
+        conditions = TagRows(tag_rows, null=labels == "null", num_tags=num_classes)
+    elif num_classes:
+        conditions = ClassLabels(num_classes, labels, to_model=lambda c: model_labels(c, False),
+                                 null_label=NULL_LABEL)
+    null = labels == "null" or not num_classes
+    denoiser = vdpm_denoiser(diffusion, model, w_guide=0.0 if null else w_guide, guidance=guidance)
+    trajectory = diffusion.trajectory(num_steps)
+    if use_ddim:
+        sampler = functools.partial(sample_ddim, eta=eta, clip_denoised=True)
+    else:
+        sampler = functools.partial(sample_ancestral, variance=diffusion.model_var_type,
+                                    intp_frac=diffusion.intp_frac, clip_denoised=True)
+    return make_batch_sampler(denoiser, trajectory, sampler, shape=shape, device=device, conditions=conditions,
+                              progress=progress)
 
-    @torch.no_grad()
-    def sample_batch(seeds: List[int]):
-        gen = StackedRandomGenerator(device, seeds)
-        noise = gen.randn((len(seeds),) + tuple(shape))
-        y = stored = None
-        if num_classes and labels == "null":
-            gen.randint(num_classes)  # keeps the step noise of every mode aligned
-            y = (torch.zeros(len(seeds), num_classes, device=device) if multitags
-                 else torch.full((len(seeds),), NULL_LABEL, dtype=torch.long, device=device))
-        elif num_classes and multitags:
-            rows = tag_rows.to(device)[gen.randint(len(tag_rows))]
-            y, stored = rows.float(), tags_to_int(rows)
-        elif num_classes:
-            drawn = gen.randint(num_classes)
-            if labels == "cycle":
-                drawn = torch.tensor([s % num_classes for s in seeds], device=device)
-            elif not isinstance(labels, str):
-                drawn = torch.tensor([labels[s % len(labels)] for s in seeds], device=device)
-            y, stored = model_labels(drawn, False), drawn
-        x = diffusion.sample(model, noise, y, w_guide=w_guide, guidance=guidance, use_ddim=use_ddim, eta=eta,
-                             num_steps=num_steps, null_label=NULL_LABEL, noise_fn=gen.randn_like, progress=progress)
-        images = to_uint8(x)
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)  # ADM's npz and the evaluators expect RGB
-        return images, (None if stored is None else stored.cpu().numpy().astype(np.int64))
 
-    return sample_batch
+# ---------------------------------------------------------------------------------------------- sampling
+def vdpm_denoiser(diffusion: ContinuousDiffusion, model, *, w_guide: float = 0.0,
+                  null_label: Union[int, float] = NULL_LABEL, label_key: str = "y", guidance: str = "posterior_mean",
+                  clip_denoised: bool = True) -> Denoiser:
+    """The model's denoiser, wrapped in classifier-free guidance when w_guide > 0 (the unconditional branch
+    feeds ``null_label`` in place of each batch's labels).
+
+    ``guidance`` "posterior_mean" is VDPM's (1 + w) * cond - w * uncond on the clipped-x0 posterior mean;
+    "eps" applies the same strength as uncond + (1 + w) * (cond - uncond) to the raw predictions. Without
+    clipping the two coincide, and the eps form is used.
+    """
+    if guidance not in ("posterior_mean", "eps"):
+        raise ValueError(f"guidance must be posterior_mean or eps, got {guidance!r}")
+    denoiser = diffusion.denoiser(model, clip_denoised=clip_denoised)
+    if w_guide == 0:
+        return denoiser
+    uncond = {label_key: null_label_fn(null_label)}
+    if guidance == "posterior_mean" and clip_denoised:
+        return ClassifierFreeGuidance.on_posterior_mean(denoiser, w_guide, uncond_kwargs=uncond)
+    return ClassifierFreeGuidance.on_eps(denoiser, 1.0 + w_guide, uncond_kwargs=uncond)
+
+
+def sample_vdpm(diffusion: ContinuousDiffusion, model, noise: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                *, w_guide: float = 0.0, guidance: str = "posterior_mean", use_ddim: bool = False, eta: float = 0.0,
+                num_steps: Optional[int] = None, clip_denoised: bool = True, null_label: Union[int, float] = NULL_LABEL,
+                label_key: str = "y", model_kwargs: Optional[dict] = None,
+                noise_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                progress: bool = False) -> torch.Tensor:
+    """VDPM's sampler: from ``noise`` over ``num_steps`` (default sample_timesteps) steps t = (i + 1) / N -> i / N.
+
+    Ancestral (the process' variance type) or DDIM(eta); x0 clipped to [-1, 1]; the last step returns the
+    (guided) x0. The result is determined by ``noise`` and, for ancestral or eta > 0, by ``noise_fn``
+    (per-step Gaussian draws; torch.randn_like under the global RNG when None, a
+    ``StackedRandomGenerator.randn_like`` for per-sample seeds).
+    """
+    model_kwargs = dict(model_kwargs or {})
+    if labels is not None:
+        model_kwargs[label_key] = labels
+    denoiser = vdpm_denoiser(diffusion, model, w_guide=0.0 if labels is None else w_guide, null_label=null_label,
+                             label_key=label_key, guidance=guidance, clip_denoised=clip_denoised)
+    trajectory = diffusion.trajectory(num_steps)
+    if use_ddim:
+        return sample_ddim(denoiser, trajectory, noise, eta=eta, clip_denoised=clip_denoised,
+                           model_kwargs=model_kwargs, noise_fn=noise_fn, progress=progress)
+    return sample_ancestral(denoiser, trajectory, noise, variance=diffusion.model_var_type,
+                            intp_frac=diffusion.intp_frac, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                            noise_fn=noise_fn, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -237,6 +188,8 @@ def fid_precision_recall(net, samples, reference, *, batch_size: int = 64, k: in
 
 
 __all__ = ["MODEL_FLAGS", "DIFFUSION_FLAGS", "NETWORK_FLAGS", "DEFAULT_CONFIG_DIR", "NULL_LABEL",
+           "CHECKPOINT_FLAG_NAMES",
            "dataset_image_size", "model_from_flags", "diffusion_from_flags", "model_labels", "tags_to_int",
-           "resolve_config_path", "load_config", "typed_dests", "apply_flag_values", "make_vdpm_batch_sampler",
+           "vdpm_batch_sampler",
+           "vdpm_denoiser", "sample_vdpm",
            "DatasetImages", "fid_precision_recall"]

@@ -29,16 +29,14 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.adm_sampling import load_model_checked
-from guided_diffusion.cli import (explicit_flags, fill_flags_from_checkpoint, resolve_log_path,
-                                  run_cli)
-from guided_diffusion.guidance import classifier_cond_fn
+from guided_diffusion.adm.sampling import (SAMPLE_DEFAULTS, guide_schedule, load_diffusion_model, sample_argparser,
+                                           sample_seeds)
+from guided_diffusion.cli import load_model_checked, resolve_log_path, run_cli
+from guided_diffusion.flags import merge_flags, typed_dests
+from guided_diffusion.guidance import classifier_guide
 from guided_diffusion.ppap.guidance import METHODS, PAPER_CLASSIFIER_SCALE, load_guidance_classifier
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,
                                           create_classifier)
-
-from image_sample import SAMPLE_DEFAULTS, load_diffusion_model, sample_seeds
-from image_sample import create_argparser as image_sample_argparser
 
 # Read from the flags.json of a classifier_train PPAP run (n_experts only where it counts experts: a
 # finetune run records the unused --n_experts flag too).
@@ -47,8 +45,7 @@ PPAP_SAVED_FLAGS = ("classifier_name", "gamma", "lora_alpha", "lora_scale_conven
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = image_sample_argparser()
-    parser.description = __doc__
+    parser = sample_argparser(__doc__, "classifier_sample")
     parser.add_argument("--method", default="adm", choices=("adm",) + METHODS,
                         help="adm: ADM's noisy classifier; naive/finetune/multi_experts/ppap: PPAP's")
     parser.add_argument("--classifier_path", nargs="+", default=[],
@@ -63,7 +60,7 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_adm_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> nn.Module:
+def load_adm_classifier(parser, args: argparse.Namespace, argv: Optional[Sequence[str]]) -> nn.Module:
     if not args.classifier_path:
         raise FileNotFoundError("--classifier_path is required: the noisy classifier's modelNNNNNN.pt")
     if len(args.classifier_path) > 1:
@@ -71,20 +68,20 @@ def load_adm_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]])
                          "several paths are PPAP experts (--method multi_experts or ppap)")
     args.classifier_path = args.classifier_path[0]  # saved flags keep ADM's single-path form
     keys = [k for k in classifier_defaults() if k.startswith("classifier_") and k != "classifier_use_fp16"]
-    fill_flags_from_checkpoint(args, args.classifier_path, keys, argv)
+    merge_flags(parser, args, argv, beside=args.classifier_path, keys=keys)
     flags = args_to_dict(args, classifier_defaults().keys())
     classifier = create_classifier(**flags)
     return load_model_checked(classifier, args.classifier_path, flags=flags, flag="--classifier_path",
                               use_fp16=args.classifier_use_fp16)
 
 
-def load_ppap_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]], diffusion) -> nn.Module:
+def load_ppap_classifier(parser, args: argparse.Namespace, argv: Optional[Sequence[str]], diffusion) -> nn.Module:
     paths = args.classifier_path
     keys = PPAP_SAVED_FLAGS + (("n_experts",) if args.method in ("multi_experts", "ppap") else ())
-    filled = fill_flags_from_checkpoint(args, paths[0], keys, argv) if paths else []
+    filled = merge_flags(parser, args, argv, beside=paths[0], keys=keys)["beside"] if paths else []
     if filled and dist_util.is_main():
         print(f"classifier flags from the checkpoint's flags.json: {', '.join(filled)}")
-    if "classifier_scale" not in explicit_flags(argv):
+    if "classifier_scale" not in typed_dests(parser, argv):
         args.classifier_scale = PAPER_CLASSIFIER_SCALE
     return load_guidance_classifier(
         args.method, paths, classifier_name=args.classifier_name, n_experts=args.n_experts or None,
@@ -94,13 +91,14 @@ def load_ppap_classifier(args: argparse.Namespace, argv: Optional[Sequence[str]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    parser = create_argparser()
+    args = parser.parse_args(argv)
     dist_util.setup_dist(args.gpus)
-    model, diffusion = load_diffusion_model(args, argv)
+    model, diffusion = load_diffusion_model(parser, args, argv)
     if args.method == "adm":
-        classifier = load_adm_classifier(args, argv)
+        classifier = load_adm_classifier(parser, args, argv)
     else:
-        classifier = load_ppap_classifier(args, argv, diffusion)
+        classifier = load_ppap_classifier(parser, args, argv, diffusion)
     num_classes = args.classifier_num_classes
     if args.class_cond and args.num_classes != num_classes:
         raise ValueError(f"the model has {args.num_classes} classes and the classifier {num_classes}; "
@@ -110,10 +108,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                          "classifier")
     log_path = resolve_log_path(args, "classifier_sample")
     logger.configure(log_path)
-    # Scale 0 samples unguided with the same seeds and target labels: a paired baseline. The classifier
-    # receives original train indices (respacing maps them), which is what routes PPAP's experts.
-    cond_fn = classifier_cond_fn(classifier, args.classifier_scale) if args.classifier_scale else None
-    sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, cond_fn=cond_fn)
+    # Scale 0 samples unguided with the same seeds and target labels: a paired baseline. The classifier reads
+    # each level as a train index of the diffusion it was trained on (respaced levels map to their original
+    # index), which is what routes PPAP's experts.
+    guide = None
+    if args.classifier_scale:
+        guide = classifier_guide(classifier, args.classifier_scale, schedule=guide_schedule(diffusion))
+    sample_seeds(args, model, diffusion, log_path, num_classes=num_classes, guide=guide)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ import sys
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import (add_run_flags, explicit_flags, fill_flags_from_checkpoint, open_run_folder,
-                                  resolve_log_path, run_cli)
+from guided_diffusion.adm.training import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
+from guided_diffusion.cli import add_run_flags, open_run_folder, resolve_log_path, run_cli
+from guided_diffusion.flags import merge_flags, typed_dests
 from guided_diffusion.ppap.classifiers import canonical_classifier_name
 from guided_diffusion.ppap.experts import ExpertRanges
 from guided_diffusion.ppap.training import EXPERT_INITS, train_experts
@@ -43,8 +44,6 @@ from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, c
                                           create_classifier_and_diffusion, create_gaussian_diffusion)
 from guided_diffusion.train import (ClassifierTrainLoop, create_named_schedule_sampler,
                                     resolve_resume_checkpoint)
-
-from image_train import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
 
 
 def create_argparser() -> argparse.ArgumentParser:
@@ -65,7 +64,7 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_ppap_method(args, argv) -> None:
+def train_ppap_method(parser, args, argv) -> None:
     """finetune / multi_experts on labelled real data, ppap on unlabeled generated data."""
     labelled = args.method != "ppap"
     canonical_classifier_name(args.classifier_name)  # bad names and missing files fail before any output
@@ -74,9 +73,10 @@ def train_ppap_method(args, argv) -> None:
     if args.classifier_init and not os.path.isfile(args.classifier_init):
         raise FileNotFoundError(f"--classifier_init {args.classifier_init!r} does not exist; pass the "
                                 "off-the-shelf classifier's weights (a state dict) or leave it empty")
-    if labelled and "label_from" not in explicit_flags(argv):
+    typed = typed_dests(parser, argv)
+    if labelled and "label_from" not in typed:
         args.label_from = "folder"  # PPAP's convention: the class is the parent folder
-    if args.method == "ppap" and "random_crop" not in explicit_flags(argv):
+    if args.method == "ppap" and "random_crop" not in typed:
         args.random_crop = False  # PPAP centre-crops its generated images
     dataset = open_dataset(args, class_cond=labelled)
     if labelled and dataset.num_classes > args.classifier_num_classes:
@@ -93,7 +93,7 @@ def train_ppap_method(args, argv) -> None:
         data=data_stream(args, dataset, class_cond=labelled), n_experts=args.n_experts,
         iterations=args.iterations, num_classes=args.classifier_num_classes, init_path=args.classifier_init,
         gamma=args.gamma, lora_alpha=args.lora_alpha, scale_convention=args.lora_scale_convention,
-        anneal_lr=args.anneal_lr, expert_init=args.expert_init,
+        anneal_lr=args.anneal_lr, expert_init=args.expert_init, save_dir=log_path,
         trainer_kwargs=dict(batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr,
                             weight_decay=args.weight_decay, log_interval=args.log_interval,
                             save_interval=args.save_interval, seed=args.seed, use_bf16=use_bf16,
@@ -102,14 +102,15 @@ def train_ppap_method(args, argv) -> None:
 
 
 def main(argv=None) -> None:
-    args = create_argparser().parse_args(argv)
+    parser = create_argparser()
+    args = parser.parse_args(argv)
     dist_util.setup_dist(args.gpus)
     if args.method != "adm":
-        return train_ppap_method(args, argv)
+        return train_ppap_method(parser, args, argv)
     model_keys = list(classifier_and_diffusion_defaults().keys())
     args.resume_checkpoint = resolve_resume_checkpoint(args.resume_checkpoint)
     if args.resume_checkpoint:
-        fill_flags_from_checkpoint(args, args.resume_checkpoint, model_keys, argv)
+        merge_flags(parser, args, argv, beside=args.resume_checkpoint, keys=model_keys)
     dataset = open_dataset(args, class_cond=True)
     if dataset.num_classes > args.classifier_num_classes:
         raise DataError(f"the data has {dataset.num_classes} classes but --classifier_num_classes is "
@@ -135,6 +136,7 @@ def main(argv=None) -> None:
         resume_checkpoint=args.resume_checkpoint, use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
         weight_decay=args.weight_decay, lr_anneal_steps=args.iterations if args.anneal_lr else 0,
         max_steps=args.max_steps or args.iterations, seed=args.seed, flags=flags, progress=args.progress,
+        save_dir=log_path,
     )
     open_run_folder(log_path, args)
     logger.log(f"training a {'noisy' if args.noised else 'clean'} classifier on {len(dataset)} images, "

@@ -1,7 +1,7 @@
 """Demo: train a diffusion model and a noisy classifier on the built-in digits, then guide the sampler.
 
 On a 2-core CPU it takes about nine minutes, with no download. Each stage is one of the ordinary
-scripts called with its usual flags:
+scripts run as its own process with its usual flags:
 
 1. ``image_train.py``: a small unconditional diffusion UNet on 16x16 digits. It predicts x0
    (``--predict_xstart True``): an eps-predicting model this small and this briefly trained turns its
@@ -36,71 +36,14 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import classifier_sample  # noqa: E402
-import classifier_train  # noqa: E402
-import image_train  # noqa: E402
-from guided_diffusion.cli import run_cli  # noqa: E402
-from guided_diffusion.script_util import add_dict_to_argparser  # noqa: E402
-from guided_diffusion.adm_sampling import load_model_checked  # noqa: E402
-from guided_diffusion.data import load_builtin  # noqa: E402
-from guided_diffusion.metrics.classifier_accuracy import sample_class_accuracy  # noqa: E402
-from guided_diffusion.metrics.image_batches import NpzBatch  # noqa: E402
-from guided_diffusion.sample_writer import write_npz  # noqa: E402
-from guided_diffusion.script_util import classifier_defaults, create_classifier  # noqa: E402
-from guided_diffusion.train import latest_checkpoint, write_json  # noqa: E402
-from guided_diffusion.train.checkpointing import atomic_write_bytes  # noqa: E402
-
-# The demo's model: a 1.2M-parameter UNet that trains at ~5 steps/s (batch 64) on two CPU cores.
-MODEL = ["--image_size", 16, "--num_channels", 32, "--num_res_blocks", 1, "--channel_mult", "1,2,2",
-         "--attention_resolutions", 8, "--num_head_channels", 32, "--diffusion_steps", 1000,
-         "--noise_schedule", "cosine", "--predict_xstart", "True"]
-CLASSIFIER = ["--image_size", 16, "--classifier_width", 32, "--classifier_depth", 1,
-              "--classifier_channel_mult", "1,2,2", "--classifier_attention_resolutions", 8,
-              "--classifier_num_head_channels", 32, "--classifier_num_classes", 10, "--diffusion_steps", 1000,
-              "--noise_schedule", "cosine"]
-DATA = ["--data_dir", "builtin:digits", "--random_flip", "False", "--random_crop", "False"]
-
-
-def demo_defaults() -> dict:
-    return dict(out_dir="demo_output", diffusion_steps_train=1000, diffusion_lr=2e-3, classifier_steps=600,
-                judge_steps=300, batch_size=64, num_samples=100, classifier_scale=4.0, timestep_respacing="ddim50",
-                seed=0, ema_rate="0.995", ppap_row=True, ppap_clean_steps=200, ppap_num_generated=300,
-                ppap_iterations=500, ppap_scale=7.5, vdpm_row=True, vdpm_steps=400, vdpm_lr=2e-3,
-                vdpm_w="0,0.1,1,3")
-
-
-def run_stage(title: str, script, argv, done_file: str) -> float:
-    """Run ``script.main(argv)`` unless ``done_file`` exists; returns the seconds it took."""
-    if os.path.exists(done_file):
-        print(f"== {title}: already done ({done_file})", flush=True)
-        return 0.0
-    print(f"== {title}", flush=True)
-    start = time.perf_counter()
-    script.main([str(a) for a in argv])
-    return time.perf_counter() - start
-
-
-def train_argv(args, folder: str, steps: int, extra) -> list:
-    """Common training flags; resumes from the folder's latest checkpoint when a run was interrupted."""
-    argv = DATA + ["--batch_size", args.batch_size, "--max_steps", steps, "--save_interval", max(steps // 4, 1),
-                   "--log_interval", max(steps // 4, 1), "--seed", args.seed, "--log_path", folder] + list(extra)
-    latest = latest_checkpoint(folder) if os.path.isdir(folder) else None
-    return argv + (["--resume_checkpoint", latest] if latest else [])
-
-
-def judge(classifier_path: str, npz_path: str) -> dict:
-    """The clean classifier's verdict on a sample batch: accuracy against ``arr_1`` and the class counts."""
-    flags = vars(classifier_train.create_argparser().parse_args([str(a) for a in CLASSIFIER]))
-    flags = {k: flags[k] for k in classifier_defaults()}
-    model = load_model_checked(create_classifier(**flags), classifier_path, flag="the demo's clean classifier")
-    res = sample_class_accuracy(model, NpzBatch(npz_path))
-    return {"accuracy": res["top1"], "num_samples": res["num_samples"],
-            "predicted_class_counts": res["predicted_class_counts"]}
+from guided_diffusion.cli import run_cli
+from guided_diffusion.digits_demo import (CLASSIFIER, MODEL, benchmark_defaults, demo_defaults, judge,
+                                          judge_self_check, run_stage, sample_with, train_argv, train_guides)
+from guided_diffusion.files import atomic_write_bytes, write_json
+from guided_diffusion.script_util import add_dict_to_argparser
+from guided_diffusion.train import latest_checkpoint
 
 
 def write_report(out_dir: str, report: dict) -> None:
@@ -112,16 +55,6 @@ def write_report(out_dir: str, report: dict) -> None:
     lines += ["", f"Chance is 10%. The clean classifier scores {100 * report['judge_accuracy']:.1f}% on the "
               "training digits themselves.", "", f"Stage times (s): {report['seconds']}"]
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), os.path.join(out_dir, "report.md"))
-
-
-def judge_self_check(judge_path: str, out_dir: str) -> float:
-    """The judge's accuracy on the real digits, so the report says how far to trust it."""
-    data = load_builtin("digits", 16, random_flip=False)
-    images = np.stack([((data[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-                       for i in range(len(data))])
-    path = os.path.join(out_dir, "judge", "digits_16x16.npz")
-    write_npz(path, images, data.labels)
-    return judge(judge_path, path)["accuracy"]
 
 
 def main(argv=None) -> None:
@@ -141,15 +74,15 @@ def main(argv=None) -> None:
     seconds = {}
 
     seconds["diffusion"] = run_stage(
-        f"1 training the diffusion model ({steps['diffusion']} steps)", image_train,
+        f"1 training the diffusion model ({steps['diffusion']} steps)", "image_train",
         train_argv(args, folders["diffusion"], steps["diffusion"],
                    MODEL + ["--lr", args.diffusion_lr, "--ema_rate", args.ema_rate]), final["diffusion"])
     seconds["classifier"] = run_stage(
-        f"2 training the noisy classifier ({steps['classifier']} steps)", classifier_train,
+        f"2 training the noisy classifier ({steps['classifier']} steps)", "classifier_train",
         train_argv(args, folders["classifier"], steps["classifier"], CLASSIFIER + ["--lr", 1e-3]),
         final["classifier"])
     seconds["judge"] = run_stage(
-        f"3 training the clean classifier that judges the samples ({steps['judge']} steps)", classifier_train,
+        f"3 training the clean classifier that judges the samples ({steps['judge']} steps)", "classifier_train",
         train_argv(args, folders["judge"], steps["judge"], CLASSIFIER + ["--lr", 1e-3, "--noised", "False"]),
         final["judge"])
 
@@ -161,7 +94,7 @@ def main(argv=None) -> None:
             "--model_path", ema, "--classifier_path", final["classifier"], "--classifier_scale", scale,
             "--num_samples", args.num_samples, "--batch_size", args.num_samples, "--seed", args.seed,
             "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folders[name]]
-        seconds[name] = run_stage(f"4.{1 + i} sampling {name} (classifier scale {scale})", classifier_sample,
+        seconds[name] = run_stage(f"4.{1 + i} sampling {name} (classifier scale {scale})", "classifier_sample",
                                   sample_argv, npz)
         report["samples"][name] = {**judge(final["judge"], npz), "guidance": f"classifier scale {scale}",
                                    "npz": os.path.relpath(npz, out)}
@@ -190,26 +123,23 @@ def main(argv=None) -> None:
 
 def vdpm_rows(args, out: str) -> dict:
     """The v-objective + CFG model on the digits and its samples at each w: {w: npz path}."""
-    import vdpm_generate  # the VDPM scripts are imported only when the row is wanted
-    import vdpm_train
-
     run = os.path.join(out, "vdpm")
     steps = args.vdpm_steps
-    train_argv = ["--dataset", "digits", "--image-size", 16, "--use-cfg", "--p-uncond", 0.1,
+    vdpm_argv = ["--dataset", "digits", "--image-size", 16, "--use-cfg", "--p-uncond", 0.1,
                   "--model-out-type", "v", "--reweight-type", "truncated_snr", "--logsnr-schedule", "cosine",
                   "--hid-channels", 32, "--ch-multipliers", "1,2,2", "--num-res-blocks", 1, "--apply-attn", "0,1,0",
                   "--drop-rate", 0, "--batch-size", args.batch_size, "--lr", args.vdpm_lr, "--max-steps", steps,
                   "--save-steps", max(steps // 4, 1), "--use-ema", "--ema-decay", args.ema_rate,
                   "--image-intv", 0, "--seed", args.seed, "--ckpt-dir", out, "--ckpt-name", "vdpm"]
     if os.path.isdir(run) and latest_checkpoint(run):
-        train_argv.append("--resume")
-    run_stage(f"5 training the v-objective model with label dropout ({steps} steps)", vdpm_train, train_argv,
+        vdpm_argv.append("--resume")
+    run_stage(f"5 training the v-objective model with label dropout ({steps} steps)", "vdpm_train", vdpm_argv,
               os.path.join(run, f"model{steps:06d}.pt"))
     npzs = {}
     for w in (float(v) for v in str(args.vdpm_w).split(",") if v):
         folder = os.path.join(out, f"vdpm_w{w:g}")
         npzs[w] = os.path.join(folder, f"samples_{args.num_samples}x16x16x3.npz")
-        run_stage(f"5 sampling the v-objective model, classifier-free guidance w={w:g}", vdpm_generate,
+        run_stage(f"5 sampling the v-objective model, classifier-free guidance w={w:g}", "vdpm_generate",
                   ["--ckpt-path", run, "--use-ema", "--use-ddim", "--sample-timesteps", 25, "--w-guide", w,
                    "--total-size", args.num_samples, "--batch-size", args.num_samples, "--seed", args.seed,
                    "--save-dir", folder], npzs[w])
@@ -218,17 +148,15 @@ def vdpm_rows(args, out: str) -> dict:
 
 def ppap_row(args, out: str, ema: str):
     """PPAP on a demo budget, in ``<out>/ppap_demo``: returns the guided npz and the seconds taken."""
-    import ppap_benchmark  # it imports this module: import it only when the row is wanted
-
     start = time.perf_counter()
-    bench = ppap_benchmark.benchmark_defaults()
+    bench = benchmark_defaults()
     bench.update(batch_size=args.batch_size, seed=args.seed, num_samples=args.num_samples,
                  timestep_respacing=args.timestep_respacing, clean_steps=args.ppap_clean_steps,
                  num_generated=args.ppap_num_generated, ppap_iterations=args.ppap_iterations)
     bench = argparse.Namespace(**bench)
     root = os.path.join(out, "ppap_demo")
-    guides = ppap_benchmark.train_guides(bench, root, ema, ["ppap"], label="PPAP row")
-    npz, _ = ppap_benchmark.sample_with(bench, root, ema, "ppap", guides["ppap"], args.ppap_scale)
+    guides = train_guides(bench, root, ema, ["ppap"], label="PPAP row")
+    npz, _ = sample_with(bench, root, ema, "ppap", guides["ppap"], args.ppap_scale)
     return npz, time.perf_counter() - start
 
 

@@ -13,26 +13,18 @@ python_scripts/image_train.py ...`` (``--batch_size`` is per rank). Checkpoints 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import (add_run_flags, fill_flags_from_checkpoint, open_run_folder, resolve_log_path,
-                                  run_cli)
-from guided_diffusion.data import DataError, ImageFolderDataset, build_dataset, load_data
+from guided_diffusion.adm.training import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
+from guided_diffusion.cli import add_run_flags, open_run_folder, resolve_log_path, run_cli
+from guided_diffusion.data import DataError
+from guided_diffusion.flags import merge_flags
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
-from guided_diffusion.train import (TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint)
-
-# Flags that only choose how data is read (shared with classifier_train.py).
-# num_workers -1: decoding workers for image folders on GPU machines; none for in-memory data (npz,
-# builtin) or on CPU, where workers would take the cores the model needs.
-DATA_DEFAULTS = dict(data_dir="", label_from="prefix", random_flip=True, random_crop=False, allow_upscale=False,
-                     num_workers=-1)
-# Flags that describe the run rather than the model (shared with classifier_train.py).
-RUN_DEFAULTS = dict(seed=0, max_steps=0, use_bf16=False, progress=True)
+from guided_diffusion.train import TrainLoop, create_named_schedule_sampler, resolve_resume_checkpoint
 
 
 def create_argparser() -> argparse.ArgumentParser:
@@ -48,33 +40,6 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_dataset(args, class_cond: bool):
-    """Build and check the dataset before anything is written (a bad folder fails fast, leaving nothing)."""
-    if not args.data_dir:
-        raise DataError("--data_dir is required: a folder of images, an .npz file, or builtin:digits")
-    dataset = build_dataset(args.data_dir, args.image_size, label_from=args.label_from,
-                            random_crop=args.random_crop, random_flip=args.random_flip,
-                            allow_upscale=args.allow_upscale)
-    if hasattr(dataset, "validate"):
-        dataset.validate(max_files=10000)
-    if class_cond and dataset.labels is None:
-        raise DataError(f"{args.data_dir} has no class labels; train without class conditioning")
-    return dataset
-
-
-def data_stream(args, dataset, class_cond: bool):
-    """``start_step -> batches``, so a resumed run continues the stream where its checkpoint left it."""
-    workers = args.num_workers
-    if workers < 0:
-        folder = isinstance(dataset, ImageFolderDataset) and dist_util.dev().type == "cuda"
-        workers = min(4, os.cpu_count() or 1) if folder else 0
-    return lambda start_step: load_data(
-        data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size, class_cond=class_cond,
-        random_crop=args.random_crop, random_flip=args.random_flip, label_from=args.label_from,
-        allow_upscale=args.allow_upscale, seed=args.seed, start_step=start_step, num_workers=workers,
-        dataset=dataset)
-
-
 def main(argv=None) -> None:
     parser = create_argparser()
     args = parser.parse_args(argv)
@@ -82,7 +47,7 @@ def main(argv=None) -> None:
     model_keys = list(model_and_diffusion_defaults().keys())
     args.resume_checkpoint = resolve_resume_checkpoint(args.resume_checkpoint)
     if args.resume_checkpoint:
-        filled = fill_flags_from_checkpoint(args, args.resume_checkpoint, model_keys, argv)
+        filled = merge_flags(parser, args, argv, beside=args.resume_checkpoint, keys=model_keys)["beside"]
         if filled:
             print(f"model flags from the checkpoint's flags.json: {', '.join(filled)}")
     dataset = open_dataset(args, args.class_cond)
@@ -102,7 +67,7 @@ def main(argv=None) -> None:
         fp16_scale_growth=args.fp16_scale_growth,
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
-        seed=args.seed, flags=model_flags, progress=args.progress,
+        seed=args.seed, flags=model_flags, progress=args.progress, save_dir=log_path,
     )
     # Every input has been checked: only now does the run folder appear.
     open_run_folder(log_path, args)

@@ -26,133 +26,13 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import classifier_sample  # noqa: E402
-import classifier_train  # noqa: E402
-import demo  # noqa: E402
-import generate_dataset  # noqa: E402
-from guided_diffusion.cli import run_cli  # noqa: E402
-from guided_diffusion.data import load_builtin  # noqa: E402
-from guided_diffusion.script_util import create_gaussian_diffusion  # noqa: E402
-from guided_diffusion.metrics.evaluate import evaluate  # noqa: E402
-from guided_diffusion.metrics.inception import load_feature_net  # noqa: E402
-from guided_diffusion.ppap import add_lora, build_classifier, freeze_for_ppap  # noqa: E402
-from guided_diffusion.ppap.guidance import load_guidance_classifier  # noqa: E402
-from guided_diffusion.script_util import add_dict_to_argparser  # noqa: E402
-from guided_diffusion.train import write_json  # noqa: E402
-from guided_diffusion.train.checkpointing import atomic_write_bytes  # noqa: E402
-
-NOISY_TIMESTEPS = (200, 500, 800)
-RESNET = ["--classifier_name", "ResNet18", "--classifier_num_classes", 10, "--image_size", 16,
-          "--diffusion_steps", 1000, "--noise_schedule", "cosine"]
-
-
-def benchmark_defaults() -> dict:
-    d = demo.demo_defaults()
-    d.update(clean_steps=400, finetune_iterations=1000, ppap_iterations=2500, n_experts=5, gamma=16,
-             lora_alpha=16, num_generated=2000, ppap_scale=7.5, methods="naive,finetune,multi_experts,ppap",
-             ppap_row=False, vdpm_row=False)  # the demo's own PPAP and VDPM runs are not needed here
-    return d
-
-
-def ppap_train_argv(args, folder: str, method: str, iterations: int, data_dir: str, init: str = "") -> list:
-    argv = RESNET + ["--method", method, "--data_dir", data_dir, "--random_flip", "False", "--random_crop",
-                     "False", "--batch_size", args.batch_size, "--iterations", iterations, "--lr", 1e-3,
-                     "--n_experts", args.n_experts, "--gamma", args.gamma, "--lora_alpha", args.lora_alpha,
-                     "--save_interval", 10 ** 9, "--log_interval", max(iterations // 4, 1), "--seed", args.seed,
-                     "--log_path", folder]
-    return argv + (["--classifier_init", init] if init else [])
-
-
-def expert_paths(folder: str, n: int) -> list:
-    return [os.path.join(folder, f"{i}_max{n}.ckpt") for i in range(n)]
-
-
-def trainable_parameters(method: str, args) -> int:
-    """Parameters each method trains for guidance (naive trains none)."""
-    if method == "naive":
-        return 0
-    full = sum(p.numel() for p in build_classifier("ResNet18", num_classes=10).parameters())
-    if method == "finetune":
-        return full
-    if method == "multi_experts":
-        return full * args.n_experts
-    student = add_lora(build_classifier("ResNet18", num_classes=10), "ResNet18", r=args.gamma,
-                       lora_alpha=args.lora_alpha)
-    freeze_for_ppap(student, "ResNet18")
-    return args.n_experts * sum(p.numel() for p in student.parameters() if p.requires_grad)
-
-
-def train_guides(args, out: str, ema: str, methods, label: str = "") -> dict:
-    """The classifiers each method guides with: {method: [checkpoint paths]}, trained under ``out``."""
-    folder = lambda name: os.path.join(out, name)  # noqa: E731
-    clean = os.path.join(folder("resnet_clean"), "0_max1.ckpt")
-    prefix = f"{label}: " if label else ""
-    demo.run_stage(f"{prefix}ResNet18 on clean digits ({args.clean_steps} steps): the off-the-shelf classifier",
-                   classifier_train, ppap_train_argv(args, folder("resnet_clean"), "clean", args.clean_steps,
-                                                     "builtin:digits"), clean)
-    guides = {"naive": [clean]}
-    for method, n in (("finetune", 1), ("multi_experts", args.n_experts)):
-        if method in methods:
-            paths = expert_paths(folder(method), n)
-            demo.run_stage(f"{prefix}{method}: {args.finetune_iterations} iterations over {n} expert(s)",
-                           classifier_train, ppap_train_argv(args, folder(method), method,
-                                                             args.finetune_iterations, "builtin:digits", clean),
-                           paths[-1])
-            guides[method] = paths
-    if "ppap" in methods:
-        gen = folder("generated")
-        demo.run_stage(f"{prefix}generating {args.num_generated} unlabeled images", generate_dataset,
-                       demo.MODEL + ["--model_path", ema, "--num_samples", args.num_generated, "--batch_size",
-                                     100, "--timestep_respacing", "ddim25", "--use_ddim", "True",
-                                     "--seed", 10 ** 6, "--log_path", gen],
-                       os.path.join(gen, f"{args.num_generated - 1:06d}.png"))
-        paths = expert_paths(folder("ppap"), args.n_experts)
-        demo.run_stage(f"{prefix}ppap: {args.ppap_iterations} iterations over {args.n_experts} LoRA experts "
-                       "(no labels)",
-                       classifier_train, ppap_train_argv(args, folder("ppap"), "ppap", args.ppap_iterations,
-                                                         gen, clean), paths[-1])
-        guides["ppap"] = paths
-    return guides
-
-
-def sample_with(args, out: str, ema: str, method: str, paths, scale: float) -> tuple:
-    folder = os.path.join(out, f"samples_{method}")
-    npz = os.path.join(folder, f"samples_{args.num_samples}x16x16x3.npz")
-    argv = demo.MODEL + RESNET + [
-        "--method", method, "--model_path", ema, "--classifier_path", *paths, "--classifier_scale", scale,
-        "--n_experts", len(paths), "--gamma", args.gamma, "--lora_alpha", args.lora_alpha,
-        "--num_samples", args.num_samples, "--batch_size", args.num_samples, "--seed", args.seed,
-        "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folder]
-    seconds = demo.run_stage(f"sampling with {method} guidance (scale {scale})", classifier_sample, argv, npz)
-    return npz, seconds
-
-
-def noisy_accuracy(method: str, paths, args, timesteps=NOISY_TIMESTEPS) -> dict:
-    """How well a guide classifies the real digits after forward diffusion to each train index t.
-
-    This is what guidance needs from it at that noise level; a naive classifier's column shows how far into
-    the noise a clean classifier still reads the class. The noise is seeded by ``args.seed``.
-    """
-    if method == "unguided":
-        return {}
-    guide = load_guidance_classifier(method, paths, classifier_name="ResNet18", num_classes=10,
-                                     n_experts=None if method == "naive" else len(paths), gamma=args.gamma,
-                                     lora_alpha=args.lora_alpha, noise_schedule="cosine")
-    data = load_builtin("digits", 16, random_flip=False)
-    x0 = torch.stack([data[i][0] for i in range(len(data))])
-    labels = torch.as_tensor(data.labels)
-    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule="cosine")
-    gen = torch.Generator().manual_seed(args.seed)
-    result = {}
-    for t in timesteps:
-        tt = torch.full((len(x0),), t)
-        x_t = diffusion.q_sample(x0, tt, noise=torch.randn(x0.shape, generator=gen))
-        with torch.no_grad():
-            pred = torch.cat([guide(x_t[i:i + 500], tt[i:i + 500]).argmax(1) for i in range(0, len(x0), 500)])
-        result[str(t)] = (pred == labels).float().mean().item()
-    return result
+from guided_diffusion.cli import run_cli
+from guided_diffusion.digits_demo import (NOISY_TIMESTEPS, benchmark_defaults, demo_defaults, judge, noisy_accuracy,
+                                          run_script, sample_with, train_guides, trainable_parameters)
+from guided_diffusion.files import atomic_write_bytes, write_json
+from guided_diffusion.metrics.evaluate import evaluate
+from guided_diffusion.metrics.inception import load_feature_net
+from guided_diffusion.script_util import add_dict_to_argparser
 
 
 def main(argv=None) -> None:
@@ -161,12 +41,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     out = os.path.abspath(args.out_dir)
-    demo_argv = [f"--{k}={v}" for k, v in vars(args).items() if k in demo.demo_defaults()]
-    demo.main(demo_argv)  # the diffusion model, the ADM guide and the judge (skipped when present)
+    demo_argv = [f"--{k}={v}" for k, v in vars(args).items() if k in demo_defaults()]
+    run_script("demo", demo_argv)  # the diffusion model, the ADM guide and the judge (skipped when present)
     start = time.perf_counter()
     steps = args.diffusion_steps_train
     ema = os.path.join(out, "diffusion", f"ema_{float(args.ema_rate)}_{steps:06d}.pt")
-    judge = os.path.join(out, "judge", f"model{args.judge_steps:06d}.pt")
+    judge_path = os.path.join(out, "judge", f"model{args.judge_steps:06d}.pt")
     reference = os.path.join(out, "judge", "digits_16x16.npz")
     guides = train_guides(args, out, ema, methods)
     net = load_feature_net("tiny-random")
@@ -177,7 +57,7 @@ def main(argv=None) -> None:
             npz, seconds = baseline, None
         else:
             npz, seconds = sample_with(args, out, ema, method, guides[method], args.ppap_scale)
-        acc = demo.judge(judge, npz)
+        acc = judge(judge_path, npz)
         fid = evaluate(reference, npz, net, progress=False)["fid"]
         rows[method] = {"accuracy_top1": acc["accuracy"], "fid_tiny": fid,
                         "trainable_parameters": 0 if method == "unguided" else trainable_parameters(method, args),

@@ -26,39 +26,41 @@ import sys
 import torch
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.adm_sampling import load_model_checked
+from guided_diffusion.cli import load_model_checked
 from guided_diffusion.cli import flags_of, run_cli
 from guided_diffusion.data import VDPM_DATASET_INFO, load_vdpm_dataset
 from guided_diffusion.logger import default_log_path
 from guided_diffusion.sample_writer import run_seeded_sampling
-from guided_diffusion.train import latest_checkpoint, read_flags_beside
+from guided_diffusion.flags import read_flags_beside
+from guided_diffusion.train import latest_checkpoint
 from guided_diffusion.train.checkpointing import parse_resume_step_from_filename
-from guided_diffusion.vdpm import (DIFFUSION_FLAGS, NETWORK_FLAGS, dataset_image_size, diffusion_from_flags,
-                                   make_vdpm_batch_sampler, model_from_flags)
+from guided_diffusion.vdpm import (CHECKPOINT_FLAG_NAMES, DIFFUSION_FLAGS, NETWORK_FLAGS, dataset_image_size,
+                                   diffusion_from_flags, model_from_flags, vdpm_batch_sampler)
 
 NOT_IN_IDENTITY = ("batch_size", "save_dir", "progress", "device", "distributed")
 
 
 def create_argparser() -> argparse.ArgumentParser:
+    onoff = argparse.BooleanOptionalAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--ckpt-path", required=True, help="modelNNNNNN.pt, ema_<decay>_NNNNNN.pt or a run folder")
-    p.add_argument("--use-ema", action="store_true", help="the EMA weights beside the checkpoint")
-    p.add_argument("--use-ddim", action="store_true")
+    p.add_argument("--use-ema", action=onoff, default=False, help="the EMA weights beside the checkpoint")
+    p.add_argument("--use-ddim", action=onoff, default=False)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (the seed: 0)")
     p.add_argument("--sample-timesteps", type=int, default=0, help="0: the run's")
     p.add_argument("--w-guide", type=float, default=None, help="default: the run's")
     p.add_argument("--guidance", choices=("posterior_mean", "eps"), default="posterior_mean")
     p.add_argument("--labels", default="random", help="random, cycle, or classes such as 3 or 0,1,2")
-    p.add_argument("--uncond", action="store_true", help="null labels, w = 0")
+    p.add_argument("--uncond", action=onoff, default=False, help="null labels, w = 0")
     p.add_argument("--root", default="~/datasets", help="celeba: where list_attr_celeba.txt is (tag rows)")
     p.add_argument("--total-size", "--num-samples", dest="total_size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dir", default="", help="output folder (default logs/vdpm_generate-<date>-<time>)")
     p.add_argument("--device", default="", help="single process only (default: cuda if available)")
-    p.add_argument("--distributed", action="store_true", help="run under torchrun (or mpiexec)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--distributed", action=onoff, default=False, help="run under torchrun (or mpiexec)")
+    p.add_argument("--progress", action=onoff, default=True)
     return p
 
 
@@ -120,7 +122,8 @@ def main(argv=None) -> None:
         raise ValueError(f"--w-guide must be >= 0, got {w_guide}")
     steps = args.sample_timesteps or int(flags["sample_timesteps"])
     diffusion = diffusion_from_flags(flags, sample_timesteps=steps)
-    model = load_model_checked(model_from_flags(flags), ckpt, flags=flags, flag="--ckpt-path")
+    model = load_model_checked(model_from_flags(flags), ckpt, flags=flags, flag="--ckpt-path",
+                               flag_names=CHECKPOINT_FLAG_NAMES)
     num_classes, labels, tag_rows = (info.num_classes if conditional else 0), "random", None
     if conditional and args.uncond:
         labels = "null"
@@ -129,7 +132,7 @@ def main(argv=None) -> None:
     elif conditional:
         labels = parse_labels(args.labels, num_classes)
     size = dataset_image_size(flags)
-    sample_batch = make_vdpm_batch_sampler(
+    sample_batch = vdpm_batch_sampler(
         model, diffusion, shape=(info.in_channels, size, size), num_classes=num_classes, multitags=info.multilabel,
         labels=labels, tag_rows=tag_rows, w_guide=w_guide, guidance=args.guidance, use_ddim=args.use_ddim,
         eta=args.eta, device=dist_util.dev())

@@ -40,11 +40,11 @@ from guided_diffusion.metrics.image_batches import NpzBatch
 from guided_diffusion.metrics.inception import FEATURE_NET_NAMES, load_feature_net
 from guided_diffusion.models.vdpm import VDPM_MODEL_SIZES
 from guided_diffusion.sample_writer import image_grid, run_seeded_sampling, save_png
-from guided_diffusion.train import latest_checkpoint, read_flags_beside, write_json
+from guided_diffusion.train import latest_checkpoint, write_json
 from guided_diffusion.train.vdpm import VDPMTrainLoop, vdpm_batches
-from guided_diffusion.vdpm import (DEFAULT_CONFIG_DIR, DatasetImages, apply_flag_values, dataset_image_size,
-                                   diffusion_from_flags, fid_precision_recall, load_config,
-                                   make_vdpm_batch_sampler, model_from_flags, resolve_config_path, typed_dests)
+from guided_diffusion.flags import load_config, merge_flags, resolve_config_path
+from guided_diffusion.vdpm import (CHECKPOINT_FLAG_NAMES, DEFAULT_CONFIG_DIR, DatasetImages, dataset_image_size,
+                                   diffusion_from_flags, fid_precision_recall, model_from_flags, vdpm_batch_sampler)
 
 # Accepted spellings: the canonical names and the original's aliases (x_0, snr_trunc, snr_1plus).
 OUT_TYPES = OUT_TYPES + tuple(OUT_TYPE_ALIASES)
@@ -110,7 +110,8 @@ def create_argparser() -> argparse.ArgumentParser:
     g = p.add_argument_group("devices")
     g.add_argument("--train-device", default="", help="single process only (default: cuda if available)")
     g.add_argument("--eval-device", default="", help="device of the feature network (default: --train-device)")
-    g.add_argument("--distributed", action="store_true", help="run under torchrun (or mpiexec), one rank per GPU")
+    g.add_argument("--distributed", action=onoff, default=False,
+                   help="run under torchrun (or mpiexec), one rank per GPU")
     g = p.add_argument_group("outputs")
     g.add_argument("--config", default="", help="a JSON config: a path, or a name in --config-dir")
     g.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
@@ -118,7 +119,7 @@ def create_argparser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-name", default="", help="run folder name (default vdpm_<dataset>)")
     g.add_argument("--ckpt-intv", type=int, default=120, help="epochs between checkpoints")
     g.add_argument("--save-steps", type=int, default=0, help="steps between checkpoints (overrides --ckpt-intv)")
-    g.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint")
+    g.add_argument("--resume", action=onoff, default=False, help="continue the run folder's latest checkpoint")
     g.add_argument("--image-dir", default="", help="sample grids (default <run folder>/images)")
     g.add_argument("--image-intv", type=int, default=10, help="epochs between sample grids (0: none)")
     g.add_argument("--num-save-images", type=int, default=64)
@@ -134,20 +135,17 @@ def create_argparser() -> argparse.ArgumentParser:
     return p
 
 
-def merge_flags(parser, args, argv):
+def merge_run_flags(parser, args, argv):
     """Defaults < --config < the resumed run's flags.json < typed flags. Returns (run folder, checkpoint)."""
-    typed = typed_dests(parser, argv)
     if args.config:
         path = resolve_config_path(args.config, args.config_dir)
-        apply_flag_values(parser, args, load_config(path), typed, f"config {path}")
+        merge_flags(parser, args, argv, config=load_config(path), config_source=f"config {path}")
     run_dir = os.path.join(os.path.expanduser(args.ckpt_dir), args.ckpt_name or f"vdpm_{args.dataset}")
     found = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     if args.resume:
         if found is None:
             raise FileNotFoundError(f"--resume: no modelNNNNNN.pt in {run_dir}; check --ckpt-dir and --ckpt-name")
-        saved = read_flags_beside(found) or {}
-        apply_flag_values(parser, args, {k: v for k, v in saved.items() if k not in NOT_RESUMED}, typed,
-                          f"{run_dir}/flags.json", ignore=("gpus",))
+        merge_flags(parser, args, argv, beside=found, ignore=NOT_RESUMED + ("gpus",))
         args.resume = True
     elif found is not None:
         raise ValueError(f"{run_dir} already holds checkpoints ({os.path.basename(found)}); pass --resume to "
@@ -201,7 +199,7 @@ class Sampling:
 
     def _sampler(self, labels: str):
         a = self.args
-        return make_vdpm_batch_sampler(
+        return vdpm_batch_sampler(
             self._model(), self.diffusion, shape=(self.info.in_channels, self.size, self.size),
             num_classes=self.info.num_classes if a.use_cfg else 0, multitags=self.info.multilabel, labels=labels,
             tag_rows=self.tag_rows, w_guide=a.w_guide if a.use_cfg else 0.0, use_ddim=a.use_ddim,
@@ -245,7 +243,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = create_argparser()
     args = parser.parse_args(argv)
-    run_dir, resume_from = merge_flags(parser, args, argv)
+    run_dir, resume_from = merge_run_flags(parser, args, argv)
     setup_devices(args)
     world = dist_util.get_world_size()
     per_rank_batch = check_flags(args, world)
@@ -290,7 +288,8 @@ def main(argv=None) -> None:
         batch_size=per_rank_batch, microbatch=per_rank_batch // args.num_accum, lr=args.lr,
         ema_rate=str(args.ema_decay) if args.use_ema else "", log_interval=max(1, args.log_intv),
         save_interval=max(1, save_steps), resume_checkpoint=resume_from, weight_decay=args.weight_decay,
-        max_steps=total_steps, seed=args.seed, progress=args.progress)
+        max_steps=total_steps, seed=args.seed, progress=args.progress, save_dir=run_dir,
+        flags=vars(args), flag_names=CHECKPOINT_FLAG_NAMES)
     sampling.trainer = trainer
     open_run_folder(run_dir, args)
     logger.log(f"run folder {os.path.abspath(run_dir)}")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from script_runs import run_script
+
+pytestmark = pytest.mark.slow
 
 QUICK = ["--diffusion_steps_train", 8, "--classifier_steps", 8, "--judge_steps", 8, "--num_samples", 6,
          "--batch_size", 16, "--timestep_respacing", "ddim5", "--ppap_clean_steps", 4, "--ppap_num_generated", 8,

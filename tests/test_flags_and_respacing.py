@@ -113,7 +113,7 @@ def test_respaced_betas_keep_alpha_bar():
 
 
 def test_loss_and_variance_types_follow_adm():
-    from guided_diffusion.diffusion import LossType, ModelMeanType, ModelVarType
+    from guided_diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
 
     d = create_gaussian_diffusion(learn_sigma=True, rescale_learned_sigmas=True)
     assert (d.loss_type, d.model_var_type) == (LossType.RESCALED_MSE, ModelVarType.LEARNED_RANGE)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from guided_diffusion.data import build_dataset
 from script_runs import run_script, save_tiny_adm
+
+pytestmark = pytest.mark.slow
 
 
 def test_generated_dataset_is_rank_independent_resumable_and_loadable(tmp_path):

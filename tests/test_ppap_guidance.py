@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from guided_diffusion import logger
 from guided_diffusion.cli import run_cli
-from guided_diffusion.guidance import classifier_cond_fn
+from guided_diffusion.guidance import classifier_cond_fn, classifier_guide
 from guided_diffusion.ppap import (CheckpointLayoutError, LoRAExpertSet, add_lora, build_classifier,
                                    imagenet_normalize, lora_layers)
-from guided_diffusion.ppap.guidance import load_guidance_classifier, read_ppap_flags
+from guided_diffusion.flags import read_flags_beside
+from guided_diffusion.ppap.guidance import load_guidance_classifier
 from script_runs import import_script, save_tiny_adm
 
 NAME, CLASSES, RANK = "ResNet18", 10, 4
@@ -147,9 +148,9 @@ def test_naive_feeds_imagenet_normalized_inputs_and_ignores_t(ckpts):
         _load("naive", [])
 
 
-def test_read_ppap_flags(ckpts):
-    assert read_ppap_flags(ckpts["ppap_paths"][0])["gamma"] == RANK
-    assert read_ppap_flags(ckpts["released"][0]) is None
+def test_read_flags_beside(ckpts):
+    assert read_flags_beside(ckpts["ppap_paths"][0])["gamma"] == RANK
+    assert read_flags_beside(ckpts["released"][0]) is None
 
 
 def test_cond_fn_gradient_is_autograd_through_the_selected_expert(ckpts):
@@ -261,15 +262,13 @@ def test_classifier_sample_ppap_routes_experts_and_writes_labelled_samples(tmp_p
                                                                            monkeypatch):
     seen = []
 
-    def recording_cond_fn(classifier, scale):
-        fn = classifier_cond_fn(classifier, scale)
-
-        def cond_fn(x, t, **kw):
+    def recording_guide(classifier, scale, **kwargs):
+        def watched(x, t):
             seen.append((int(t[0]), classifier.ranges.index(t), scale))
-            return fn(x, t, **kw)
-        return cond_fn
+            return classifier(x, t)
+        return classifier_guide(watched, scale, **kwargs)
 
-    monkeypatch.setattr(classifier_sample, "classifier_cond_fn", recording_cond_fn)
+    monkeypatch.setattr(classifier_sample, "classifier_guide", recording_guide)
     out = _sample(tmp_path, tiny_model, ppap_100, "ppap", "--method", "ppap")
     assert out["arr_0"].shape == (4, 8, 8, 3) and out["arr_0"].dtype == np.uint8
     assert out["arr_1"].dtype == np.int64 and out["arr_1"].shape == (4,)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.adm_sampling import make_batch_sampler
+from guided_diffusion.adm.sampling import adm_batch_sampler
 from guided_diffusion.sample_writer import image_grid, run_seeded_sampling, to_uint8
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.seeded import StackedRandomGenerator, parse_seeds
@@ -23,7 +23,7 @@ def sampler():
     with torch.no_grad():
         for p in model.out.parameters():
             p.normal_(0, 0.05)
-    return make_batch_sampler(model.eval(), diffusion, image_size=8, num_classes=10, class_cond=True)
+    return adm_batch_sampler(model.eval(), diffusion, image_size=8, num_classes=10, class_cond=True)
 
 
 def test_parse_seeds():

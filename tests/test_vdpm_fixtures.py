@@ -18,6 +18,9 @@ from guided_diffusion.diffusion import (
     posterior_from_logsnr,
 )
 from guided_diffusion.samplers import ancestral_step
+from guided_diffusion.vdpm import sample_vdpm
+
+pytestmark = pytest.mark.fixtures
 
 FIXTURE = "vdpm/vdpm_process.pt"
 SAMPLE_SCHEDULES = ("cosine", "legacy")
@@ -89,7 +92,7 @@ def test_posterior_coefficients_match_the_original(fixture, kind):
 def test_ddim_samples_match_the_original(fixture, schedule, out_type, w):
     model = StandIn(fixture["stand_in_model"])
     process = ContinuousDiffusion(logsnr_schedule=schedule, model_out_type=out_type, sample_timesteps=STEPS)
-    sample = process.sample(model, fixture["noise"], fixture["labels"], w_guide=w, use_ddim=True)
+    sample = sample_vdpm(process, model, fixture["noise"], fixture["labels"], w_guide=w, use_ddim=True)
     assert (sample - fixture[f"ddim_{schedule}_{out_type}_w{w}"]).abs().max().item() < 1e-4
     # Guidance runs both branches in one forward pass of twice the batch; w = 0 needs no unconditional pass.
     n = fixture["noise"].shape[0]
@@ -99,7 +102,7 @@ def test_ddim_samples_match_the_original(fixture, schedule, out_type, w):
 def test_the_fixture_pins_the_posterior_mean_convention(fixture):
     """The eps convention with the same strength (s = 1 + w) differs where clipping bites (eps output, w = 1)."""
     process = ContinuousDiffusion(logsnr_schedule="cosine", model_out_type="eps", sample_timesteps=STEPS)
-    eps_form = process.sample(StandIn(fixture["stand_in_model"]), fixture["noise"], fixture["labels"],
+    eps_form = sample_vdpm(process, StandIn(fixture["stand_in_model"]), fixture["noise"], fixture["labels"],
                               w_guide=1.0, use_ddim=True, guidance="eps")
     assert (eps_form - fixture["ddim_cosine_eps_w1.0"]).abs().max().item() > 1e-2
 

@@ -1,7 +1,10 @@
-"""Discrete Gaussian diffusion with ADM's interface (``GaussianDiffusion``, ``SpacedDiffusion``).
+"""The ADM facade: discrete Gaussian diffusion with ADM's interface (``GaussianDiffusion``, ``SpacedDiffusion``).
 
-The methods keep ADM's names and signatures so existing scripts run unchanged; the maths lives in the
-process-agnostic pieces: :class:`~guided_diffusion.diffusion.trajectory.Trajectory` (posterior arrays),
+The methods keep ADM's names and signatures so existing scripts run unchanged, including ADM's defaults
+(``clip_denoised=True``: ADM's models are pixel models) and its ``cond_fn(x, t, **model_kwargs)`` contract,
+which lives here only: a cond_fn is handed to the generic samplers as a guide that receives the network's
+own time at each level. The maths lives in the process-agnostic pieces:
+:class:`~guided_diffusion.trajectory.Trajectory` (posterior arrays),
 :class:`~guided_diffusion.denoisers.discrete.DiscreteDenoiser` (reading the network's output) and the
 samplers in :mod:`guided_diffusion.samplers`. The network and any ``cond_fn`` always receive the original
 train index (or its rescaled float when ``rescale_timesteps``), never a respaced index.
@@ -16,15 +19,14 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..denoisers import Denoiser, Prediction
+from ..denoisers import Denoiser, Prediction, shift_score
 from ..denoisers.discrete import LEARNED_VARIANCES, DiscreteDenoiser, ModelMeanType, ModelVarType
+from ..denoisers.outputs import ModelOutput
+from ..diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 from ..nn import mean_flat
-from ..samplers.ancestral import ancestral_distribution, ancestral_step
-from ..samplers.common import last, predict, run_chain
-from ..samplers.ddim import ddim_step
-from ..guidance.gradient import shift_mean, shift_score
-from ..timesteps import TimeUnit
-from .losses import discretized_gaussian_log_likelihood, normal_kl
+from ..samplers import ancestral_distribution, ancestral_step, ddim_step, predict, shift_mean
+from ..samplers.common import last, run_chain
+from ..timesteps import NoiseLevel, TimeUnit
 from ..trajectory import Trajectory
 
 __all__ = ["GaussianDiffusion", "SpacedDiffusion", "ModelMeanType", "ModelVarType", "LossType"]
@@ -109,11 +111,22 @@ class GaussianDiffusion:
         if isinstance(model, Denoiser):
             return model
         return DiscreteDenoiser(model, self.model_mean_type, self.model_var_type,
-                                train_trajectory=self.train_trajectory, rescale_timesteps=self.rescale_timesteps)
+                                train_trajectory=self.train_trajectory, rescale_timesteps=self.rescale_timesteps,
+                                clip_denoised=True)
 
     def _scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """The network's time input for step indices ``t`` of this process (the denoiser's rule)."""
         return self.denoiser(model=None).model_time(self.trajectory.level(t))
+
+    def _guide(self, cond_fn, denoiser: Denoiser):
+        """ADM's cond_fn as the samplers' guide: it receives the network's time input at each level."""
+        if cond_fn is None:
+            return None
+
+        def guide(x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> torch.Tensor:
+            return cond_fn(x, denoiser.model_time(level), **model_kwargs)
+
+        return guide
 
     def _extract(self, array: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.trajectory.extract(array, t, like)
@@ -188,16 +201,17 @@ class GaussianDiffusion:
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
                  noise_fn=None) -> Dict[str, torch.Tensor]:
         """One ancestral step: dict with "sample" (x_{t-1}) and "pred_xstart"."""
-        return ancestral_step(self.denoiser(model), self.trajectory, x, t,
-                              variance=self.model_var_type.value, clip_denoised=clip_denoised,
-                              denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                              noise_fn=noise_fn)
+        denoiser = self.denoiser(model)
+        return ancestral_step(denoiser, self.trajectory, x, t, variance=self.model_var_type.value,
+                              clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                              guide=self._guide(cond_fn, denoiser), model_kwargs=model_kwargs, noise_fn=noise_fn)
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
                     eta=0.0, noise_fn=None) -> Dict[str, torch.Tensor]:
         """One DDIM step: dict with "sample" (x_{t-1}) and "pred_xstart"."""
-        return ddim_step(self.denoiser(model), self.trajectory, x, t, eta=eta, clip_denoised=clip_denoised,
-                         denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
+        denoiser = self.denoiser(model)
+        return ddim_step(denoiser, self.trajectory, x, t, eta=eta, clip_denoised=clip_denoised,
+                         denoised_fn=denoised_fn, guide=self._guide(cond_fn, denoiser), model_kwargs=model_kwargs,
                          noise_fn=noise_fn)
 
     def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None,
@@ -215,7 +229,7 @@ class GaussianDiffusion:
             if not hasattr(model, "parameters"):
                 raise ValueError("pass device= (or noise=) when the model is a plain function or a denoiser")
             device = next(model.parameters()).device
-        return torch.randn(*shape, device=device)
+        return torch.randn(*shape, device=device) * self.trajectory.prior_std
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
                                   cond_fn=None, model_kwargs=None, device=None, progress=False,
@@ -225,8 +239,9 @@ class GaussianDiffusion:
         denoiser = self.denoiser(model)
         return run_chain(
             lambda xt, t: ancestral_step(denoiser, self.trajectory, xt, t, variance=self.model_var_type.value,
-                                         clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-                                         model_kwargs=model_kwargs, noise_fn=noise_fn),
+                                         clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                         guide=self._guide(cond_fn, denoiser), model_kwargs=model_kwargs,
+                                         noise_fn=noise_fn),
             self.trajectory, x, progress=progress)
 
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
@@ -243,8 +258,8 @@ class GaussianDiffusion:
         denoiser = self.denoiser(model)
         return run_chain(
             lambda xt, t: ddim_step(denoiser, self.trajectory, xt, t, eta=eta, clip_denoised=clip_denoised,
-                                    denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                                    noise_fn=noise_fn),
+                                    denoised_fn=denoised_fn, guide=self._guide(cond_fn, denoiser),
+                                    model_kwargs=model_kwargs, noise_fn=noise_fn),
             self.trajectory, x, progress=progress)
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
@@ -255,19 +270,26 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------------------------
     # Training losses and likelihood.
+    def _vb_from_distribution(self, x_start, x_t, t, mean, log_variance) -> torch.Tensor:
+        """KL(q(x_{t-1} | x_t, x0) || N(mean, exp(log_variance))) in bits per dim, the decoder NLL at t = 0."""
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / math.log(2.0)
+        decoder_nll = -discretized_gaussian_log_likelihood(x_start, means=mean, log_scales=0.5 * log_variance)
+        decoder_nll = mean_flat(decoder_nll) / math.log(2.0)
+        return torch.where(t == 0, decoder_nll, kl)
+
     def _vb_terms_bpd(self, model, x_start, x_t, t, clip_denoised=True, model_kwargs=None):
         """The VB term of step t in bits per dim: KL to the true posterior, or the decoder NLL at t = 0."""
-        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
-        decoder_nll = -discretized_gaussian_log_likelihood(
-            x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
-        decoder_nll = mean_flat(decoder_nll) / math.log(2.0)
-        return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
+        return {"output": self._vb_from_distribution(x_start, x_t, t, out["mean"], out["log_variance"]),
+                "pred_xstart": out["pred_xstart"]}
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None) -> Dict[str, torch.Tensor]:
         """Per-sample losses at steps ``t``: dict with "loss" and, for MSE losses, "mse" (and "vb" when the
-        variance is learned: the VB term with eps detached, so it only trains the variance)."""
+        variance is learned: the VB term with the mean detached, so it only trains the variance).
+
+        The network is read through this process' denoiser (its output type and learned-variance channels).
+        """
         model_kwargs = model_kwargs or {}
         if noise is None:
             noise = torch.randn_like(x_start)
@@ -280,29 +302,32 @@ class GaussianDiffusion:
                 terms["loss"] = terms["loss"] * self.num_timesteps
             return terms
 
-        model_output = model(x_t, self._scale_timesteps(t), **model_kwargs)
+        level = self.trajectory.level(t)
+        pred = self.denoiser(model)(x_t, level, **model_kwargs)
         if self.model_var_type in LEARNED_VARIANCES:
-            channels = x_t.shape[1]
-            if model_output.shape[1] != 2 * channels:
-                raise ValueError(f"a learned variance needs {2 * channels} output channels, the model gave "
-                                 f"{model_output.shape[1]}: build it with learn_sigma=True")
-            model_output, var_values = torch.split(model_output, channels, dim=1)
-            frozen = torch.cat([model_output.detach(), var_values], dim=1)
-            terms["vb"] = self._vb_terms_bpd(lambda *args, **kwargs: frozen, x_start, x_t, t,
-                                             clip_denoised=False)["output"]
+            frozen = Prediction(x0=pred.x0.detach(), eps=pred.eps.detach(), var_values=pred.var_values,
+                                var_kind=pred.var_kind)
+            mean, _, log_variance = ancestral_distribution(frozen, x_t, self.trajectory, t)
+            terms["vb"] = self._vb_from_distribution(x_start, x_t, t, mean, log_variance)
             if self.loss_type == LossType.RESCALED_MSE:
                 terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
-        target = {
-            ModelMeanType.PREVIOUS_X: lambda: self.q_posterior_mean_variance(x_start, x_t, t)[0],
-            ModelMeanType.START_X: lambda: x_start,
-            ModelMeanType.EPSILON: lambda: noise,
-        }[self.model_mean_type]()
-        if model_output.shape != target.shape:
-            raise ValueError(f"model output {tuple(model_output.shape)} does not match the target "
-                             f"{tuple(target.shape)}")
-        terms["mse"] = mean_flat((target - model_output) ** 2)
+        target, output = self._regression_pair(pred, x_start, x_t, t, noise, level)
+        terms["mse"] = mean_flat((target - output) ** 2)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
+
+    def _regression_pair(self, pred: Prediction, x_start, x_t, t, noise, level: NoiseLevel):
+        """(target, prediction) of the simple loss in the space the network outputs."""
+        kind = self.model_mean_type
+        if kind is ModelOutput.EPS:
+            return noise, pred.eps
+        if kind is ModelOutput.X0:
+            return x_start, pred.x0
+        if kind is ModelOutput.PREV_X:
+            mean = self.q_posterior_mean_variance(pred.x0, x_t, t)[0]
+            return self.q_posterior_mean_variance(x_start, x_t, t)[0], mean
+        a, s = level.coefficient(level.alpha, x_start), level.coefficient(level.sigma, x_start)
+        return a * noise - s * x_start, a * pred.eps - s * pred.x0  # v
 
     def _prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x0) || N(0, I)) in bits per dim; not trainable, shows how well the prior matches."""

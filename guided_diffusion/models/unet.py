@@ -23,6 +23,13 @@ from .unet_blocks import (
 )
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Channel multipliers of the published models, by image size (ADM's flags use them when channel_mult is "").
+DEFAULT_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+}
 
 
 def convert_module_to_f16(module: nn.Module) -> None:

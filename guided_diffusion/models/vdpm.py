@@ -27,10 +27,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..denoisers.continuous import out_channels as out_channels_for
 from .unet import UNetModel
 
 TIME_SCALE = 1000.0
+# --model-out-type values (and the original's spellings x_0, epsilon); how they are read is the denoiser's job.
+OUT_TYPE_NAMES = ("x0", "eps", "both", "v", "x_0", "epsilon")
 
 # Named sizes: "tiny" for tests, "small" (the training script's defaults) for CPU runs, then the seed's
 # published configurations (configs/vdpm/*.json set them).
@@ -136,9 +137,13 @@ def create_vdpm_model(*, image_size: int, in_channels: int, model_out_type: str,
                       multitags: bool = False, hid_channels: int, ch_multipliers, num_res_blocks: int, apply_attn,
                       drop_rate: float = 0.0, num_heads: int = 1, head_dim: int = -1) -> VDPMUNet:
     """A :class:`VDPMUNet` from flag values (lists may be "1,2" strings); output channels follow
-    ``model_out_type`` (twice ``in_channels`` for ``both``)."""
+    ``model_out_type`` (twice ``in_channels`` for ``both``, which has an x0 and an eps head)."""
+    if model_out_type not in OUT_TYPE_NAMES:
+        raise ValueError(f"unknown model output type {model_out_type!r}; choose one of "
+                         f"{', '.join(OUT_TYPE_NAMES)}")
+    out_channels = 2 * in_channels if model_out_type == "both" else in_channels
     return VDPMUNet(image_size=image_size, in_channels=in_channels,
-                    out_channels=out_channels_for(in_channels, model_out_type), hid_channels=int(hid_channels),
+                    out_channels=out_channels, hid_channels=int(hid_channels),
                     ch_multipliers=parse_int_list(ch_multipliers, "ch-multipliers"),
                     num_res_blocks=int(num_res_blocks), apply_attn=parse_bool_list(apply_attn, "apply-attn"),
                     drop_rate=float(drop_rate), num_heads=int(num_heads), head_dim=int(head_dim),

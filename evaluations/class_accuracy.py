@@ -11,24 +11,21 @@ ADM's ``EncoderUNetModel`` queried at ``--timestep`` (0 = clean images); its fla
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import dist_util  # noqa: E402
-from guided_diffusion.adm_sampling import load_model_checked  # noqa: E402
-from guided_diffusion.cli import fill_flags_from_checkpoint, run_cli  # noqa: E402
-from guided_diffusion.metrics.classifier_accuracy import sample_class_accuracy  # noqa: E402
-from guided_diffusion.metrics.image_batches import NpzBatch  # noqa: E402
-from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.cli import load_model_checked, run_cli
+from guided_diffusion.flags import merge_flags
+from guided_diffusion.metrics.classifier_accuracy import sample_class_accuracy
+from guided_diffusion.metrics.image_batches import NpzBatch
+from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,
                                           create_classifier)
-from guided_diffusion.train.checkpointing import write_json  # noqa: E402
+from guided_diffusion.train.checkpointing import write_json
 
 
-def load_classifier(path: str, args, argv):
+def load_classifier(path: str, parser, args, argv):
     """ADM's classifier from a checkpoint, flags from the command line or the flags.json beside it."""
-    fill_flags_from_checkpoint(args, path, list(classifier_defaults()), argv)
+    merge_flags(parser, args, argv, beside=path, keys=list(classifier_defaults()))
     flags = args_to_dict(args, classifier_defaults().keys())
     return load_model_checked(create_classifier(**flags), path, flags=flags, flag="--classifier_path")
 
@@ -42,7 +39,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="")
     add_dict_to_argparser(p, classifier_defaults())
     args = p.parse_args(argv)
-    classifier = load_classifier(args.classifier_path, args, argv)
+    classifier = load_classifier(args.classifier_path, p, args, argv)
     classifier.to(dist_util.dev())
     res = sample_class_accuracy(classifier, NpzBatch(args.sample_batch), batch_size=args.batch_size,
                                 timestep=args.timestep)

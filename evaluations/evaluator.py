@@ -14,16 +14,13 @@ weights are read from ``--inception_weights`` or $GD_INCEPTION_WEIGHTS and never
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import dist_util  # noqa: E402
-from guided_diffusion.cli import run_cli  # noqa: E402
-from guided_diffusion.metrics.evaluate import evaluate, make_reference  # noqa: E402
-from guided_diffusion.metrics.inception import load_feature_net  # noqa: E402
-from guided_diffusion.train.checkpointing import write_json  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.cli import run_cli
+from guided_diffusion.metrics.evaluate import evaluate, make_reference
+from guided_diffusion.metrics.inception import load_feature_net
+from guided_diffusion.train.checkpointing import write_json
 
 
 def create_argparser() -> argparse.ArgumentParser:

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import dist_util  # noqa: E402
-from guided_diffusion.cli import run_cli  # noqa: E402
-from guided_diffusion.metrics.evaluate import compute_activations  # noqa: E402
-from guided_diffusion.metrics.image_batches import NpzBatch, open_source  # noqa: E402
-from guided_diffusion.metrics.inception import load_feature_net  # noqa: E402
-from guided_diffusion.metrics.stats import frechet_distance  # noqa: E402
-from guided_diffusion.train.checkpointing import atomic_write_bytes  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.cli import run_cli
+from guided_diffusion.metrics.evaluate import compute_activations
+from guided_diffusion.metrics.image_batches import NpzBatch, open_source
+from guided_diffusion.metrics.inception import load_feature_net
+from guided_diffusion.metrics.stats import frechet_distance
+from guided_diffusion.train.checkpointing import atomic_write_bytes
 
 
 def create_argparser() -> argparse.ArgumentParser:

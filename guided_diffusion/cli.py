@@ -1,5 +1,5 @@
-"""What every script in ``python_scripts/`` shares: error reporting, flags saved beside outputs, and
-flags read back from the ``flags.json`` beside a checkpoint so users need not retype them."""
+"""What every script in ``python_scripts/`` shares: error reporting, run folders with the flags saved in them,
+and models loaded from checked checkpoints. (Parsing and merging flags is :mod:`guided_diffusion.flags`.)"""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import argparse
 import os
 import pickle
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import torch
 
 from . import dist_util
-from .train.checkpointing import read_flags_beside
+from .models.checkpoints import load_checkpoint, load_state_dict_checked
 
 # Errors that mean "the input is wrong": reported as one message and exit status 2, no traceback.
 # (UnpicklingError: a checkpoint that would run code when loaded, refused.)
@@ -28,30 +30,6 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
     dist_util.cleanup()
 
 
-def explicit_flags(argv: Optional[Sequence[str]]) -> set:
-    """The ``--name`` flags written on the command line (``--name value`` or ``--name=value``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
-
-
-def fill_flags_from_checkpoint(args: argparse.Namespace, checkpoint: str, keys: Iterable[str],
-                               argv: Optional[Sequence[str]]) -> List[str]:
-    """Set each of ``keys`` not given on the command line from the ``flags.json`` beside ``checkpoint``.
-
-    Returns the names that were filled in. Flags typed by the user always win.
-    """
-    saved = read_flags_beside(checkpoint) if checkpoint else None
-    if not saved:
-        return []
-    given = explicit_flags(argv)
-    filled = []
-    for k in keys:
-        if k in saved and k not in given and getattr(args, k, None) != saved[k]:
-            setattr(args, k, saved[k])
-            filled.append(k)
-    return filled
-
-
 def flags_of(args: argparse.Namespace, drop: Iterable[str] = ()) -> Dict:
     """The flags as a plain dict (for flags.json), without the names in ``drop``."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in set(drop)}
@@ -61,6 +39,20 @@ def add_run_flags(parser: argparse.ArgumentParser, name: str) -> None:
     """``--log_path`` (printed at start; default logs/<name>-<time>) and ``--gpus`` (ids, one per rank)."""
     parser.add_argument("--log_path", default="", help=f"output folder (default: logs/{name}-<date>-<time>)")
     parser.add_argument("--gpus", default="", help="GPU ids to use, one per rank, e.g. 0,1 (default: all)")
+
+
+def load_model_checked(model: torch.nn.Module, path: str, *, flags: Optional[dict] = None,
+                       flag: str = "--model_path", use_fp16: bool = False,
+                       flag_names: Optional[dict] = None) -> torch.nn.Module:
+    """Load ``path`` into ``model`` with readable errors (in the family's flag names, ``flag_names``), move it
+    to this rank's device, set eval mode."""
+    load_state_dict_checked(model, load_checkpoint(path, flag=flag), flags=flags, flag_names=flag_names)
+    model.to(dist_util.dev())
+    if use_fp16:
+        if dist_util.dev().type != "cuda":
+            raise ValueError(f"{flag}: --use_fp16 True needs a CUDA GPU; sample on CPU with --use_fp16 False")
+        model.convert_to_fp16()
+    return model.eval()
 
 
 def open_run_folder(log_path: str, args: argparse.Namespace) -> None:
@@ -79,5 +71,5 @@ def resolve_log_path(args: argparse.Namespace, name: str) -> str:
     return dist_util.broadcast_object(path)
 
 
-__all__ = ["run_cli", "explicit_flags", "fill_flags_from_checkpoint", "flags_of", "add_run_flags",
-           "resolve_log_path", "open_run_folder", "USER_ERRORS"]
+__all__ = ["run_cli", "flags_of", "add_run_flags", "resolve_log_path", "open_run_folder", "load_model_checked",
+           "USER_ERRORS"]

@@ -15,19 +15,13 @@ import inspect
 import warnings
 from typing import Dict, Iterable, Sequence, Tuple
 
-from .diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType, SpacedDiffusion
+from .adm.diffusion import LossType, ModelMeanType, ModelVarType, SpacedDiffusion
+from .flags import add_dict_to_argparser, str2bool  # ADM's names; the flag layer is guided_diffusion.flags
 from .diffusion.schedules import get_named_beta_schedule, space_timesteps
-from .models.unet import EncoderUNetModel, SuperResModel, UNetModel
+from .models.unet import DEFAULT_CHANNEL_MULT, EncoderUNetModel, SuperResModel, UNetModel
 
 NUM_CLASSES = 1000
 
-# Channel multipliers of the published models, by image size (used when channel_mult is "").
-DEFAULT_CHANNEL_MULT = {
-    512: (0.5, 1, 1, 2, 2, 4, 4),
-    256: (1, 1, 2, 2, 4, 4),
-    128: (1, 1, 2, 3, 4),
-    64: (1, 2, 3, 4),
-}
 
 
 def diffusion_defaults() -> dict:
@@ -334,30 +328,8 @@ def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=Fals
     )
 
 
-def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: Dict) -> None:
-    """Add --key for every key: bools parse with str2bool (``--use_fp16 True``), None defaults as str."""
-    for k, v in default_dict.items():
-        v_type = type(v)
-        if v is None:
-            v_type = str
-        elif isinstance(v, bool):
-            v_type = str2bool
-        parser.add_argument(f"--{k}", default=v, type=v_type)
-
-
 def args_to_dict(args: argparse.Namespace, keys: Iterable[str]) -> Dict:
     return {k: getattr(args, k) for k in keys}
-
-
-def str2bool(v) -> bool:
-    """yes/true/t/y/1 and no/false/f/n/0, any case."""
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected (true/false), got {v!r}")
 
 
 def flags_for(fn, flags: Dict) -> Dict:

@@ -25,6 +25,20 @@ def load_fixture(relative: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# Modules that train or run scripts as processes for seconds each: the slow tier.
+SLOW_MODULES = ("test_ppap_training", "test_vdpm_train")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the golden fixtures take the ``fixtures`` mark (those of the PPAP key manifest through their
+    ``manifest`` fixture); the modules in SLOW_MODULES take ``slow``."""
+    for item in items:
+        if "manifest" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fixtures)
+        if item.module.__name__.split(".")[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one intra-op thread (timing-stable on a shared 2-core machine), then restore."""

@@ -14,7 +14,7 @@ from guided_diffusion.script_util import create_model_and_diffusion
 TOL = 1e-4
 # Fixture b asks for attention at resolution 8, which its 2-level 32px UNet never reaches (as in ADM, it is
 # ignored); test_unreachable_attention_resolution_warns checks the warning once.
-pytestmark = pytest.mark.filterwarnings("ignore:attention_resolutions")
+pytestmark = [pytest.mark.filterwarnings("ignore:attention_resolutions"), pytest.mark.fixtures]
 
 
 def _unet_from_fixture(name: str):

@@ -16,6 +16,8 @@ from guided_diffusion.script_util import create_model_and_diffusion
 from guided_diffusion.train import param_digest
 from script_runs import TINY_TRAIN, run_script, save_tiny_adm, start_script, tiny_flags
 
+pytestmark = pytest.mark.slow
+
 FINAL_NAME_PREFIXES = ("model", "ema_", "opt", "train_state")
 
 

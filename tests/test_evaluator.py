@@ -133,6 +133,7 @@ def test_missing_inception_weights_name_the_file(batches, capsys, monkeypatch, t
     assert "pt_inception-2015-12-05-6726825d.pth" in err and "--inception_weights" in err
 
 
+@pytest.mark.slow
 def test_fid_cli_on_folders_and_zips_and_two_ranks(tmp_path, batches):
     folder, zpath = tmp_path / "imgs", tmp_path / "imgs.zip"
     folder.mkdir()

@@ -176,6 +176,7 @@ def test_fd_input_errors_and_warnings():
         assert np.isnan(frechet_distance(np.zeros(2), bad, np.zeros(2), np.eye(2)))
 
 
+@pytest.mark.slow
 def test_fd_speed_eigh_vs_scipy_at_2048_dims(one_thread):
     # ~15 s with one thread (two contending threads took 60+ s for sqrtm alone on the shared 2-core box).
     rng = np.random.default_rng(8)

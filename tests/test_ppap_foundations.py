@@ -74,6 +74,7 @@ def _fixture_linear(convention: str):
     return layer, spec
 
 
+@pytest.mark.fixtures
 def test_lora_conv_fixture_uses_alpha_over_r():
     layer, spec = _fixture_conv("alpha_over_r")
     assert list(layer.state_dict()) == list(spec["state_dict"])
@@ -84,6 +85,7 @@ def test_lora_conv_fixture_uses_alpha_over_r():
         assert (unit(spec["x"]) - spec["out"]).abs().max() > 1e-2
 
 
+@pytest.mark.fixtures
 def test_lora_linear_fixture_uses_unit_scale():
     layer, spec = _fixture_linear("unit")
     assert list(layer.state_dict()) == list(spec["state_dict"])

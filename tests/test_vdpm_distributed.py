@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from guided_diffusion.vdpm import model_from_flags
 from script_runs import run_script
 from test_vdpm_train import TINY
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_ranks_with_and_without_accumulation_make_the_same_update(tmp_path):

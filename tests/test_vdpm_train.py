@@ -16,9 +16,10 @@ from guided_diffusion.cli import run_cli
 from guided_diffusion.diffusion import ContinuousDiffusion
 from guided_diffusion.models.unet import UNetModel
 from guided_diffusion.models.vdpm import create_vdpm_model
+from guided_diffusion.train import StepRandom
 from guided_diffusion.train.vdpm import VDPMTrainLoop
-from guided_diffusion.vdpm import (DEFAULT_CONFIG_DIR, load_config, model_from_flags, resolve_config_path,
-                                   tags_to_int)
+from guided_diffusion.flags import load_config
+from guided_diffusion.vdpm import DEFAULT_CONFIG_DIR, model_from_flags, tags_to_int
 from script_runs import import_script, run_script, start_script
 from test_vdpm_datasets import _celeba
 
@@ -69,14 +70,13 @@ def test_accumulated_micro_batches_give_the_update_of_one_batch(grad_norm):
         t.opt.param_groups[0]["eps"] = 1e-4
     before = [p.detach().clone() for p in full.model.parameters()]
     for t in (full, accum):
-        t.rng = np.random.default_rng(0)
-        t.forward_backward(*next(t.data))
+        t.forward_backward(*next(t.data), StepRandom.from_seed(0))
     grads = [(a.grad, b.grad) for a, b in zip(full.model.parameters(), accum.model.parameters())]
     assert all(a is not None and float(a.abs().max()) > 0 for a, _ in grads), "every weight must get gradient"
     norm = float(torch.linalg.vector_norm(torch.cat([a.flatten() for a, _ in grads])))
     assert norm == pytest.approx(grad_norm, rel=1e-3) if grad_norm else norm > 2 * 0.5  # 0.5 does clip
-    for a, b in grads:
-        torch.testing.assert_close(b, a, atol=1e-7, rtol=1e-5)
+    for a, b in grads:  # float32 sums in another order: a few ulps of the partial sums (~1e-2) apart
+        torch.testing.assert_close(b, a, atol=2e-7, rtol=1e-5)
     for t in (full, accum):
         t.mp_trainer.zero_grad()
         t.run_step(*next(t.data))
@@ -142,14 +142,14 @@ def test_published_configs_load_and_typed_flags_win(tmp_path):
     parser = train.create_argparser()
     argv = ["--config", "cifar10_cond", "--lr", "1e-3", "--no-use-cfg", "--ckpt-dir", str(tmp_path)]
     args = parser.parse_args(argv)
-    train.merge_flags(parser, args, argv)
+    train.merge_run_flags(parser, args, argv)
     assert (args.lr, args.use_cfg, args.model_out_type, args.model_var_type) == (1e-3, False, "v", "fixed_medium")
     assert (args.intp_frac, args.reweight_type, args.logsnr_schedule, args.train_timesteps) == (
         0.3, "truncated_snr", "cosine", 0)
     assert (args.w_guide, args.p_uncond, args.hid_channels, args.apply_attn) == (0.1, 0.1, 256, "0,1,1")
-    celeba = load_config(resolve_config_path("celeba", DEFAULT_CONFIG_DIR))
+    celeba = load_config("celeba", DEFAULT_CONFIG_DIR)
     assert celeba["dataset"] == "celeba" and celeba["use_cfg"] and celeba["model_out_type"] == "both"
-    uncond = load_config(resolve_config_path("cifar10_uncond", DEFAULT_CONFIG_DIR))
+    uncond = load_config("cifar10_uncond", DEFAULT_CONFIG_DIR)
     assert not uncond["use_cfg"] and uncond["model_out_type"] == "x0"
     flags = {**vars(parser.parse_args([])), **TINY_FLAGS, "dataset": "celeba", "use_cfg": True, "image_size": 8}
     net = model_from_flags(flags)

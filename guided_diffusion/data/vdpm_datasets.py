@@ -32,11 +32,9 @@ augmentation seed, so the datasets stream through ``BatchStream`` and ``load_dat
 from __future__ import annotations
 
 import gzip
-import importlib
 import itertools
 import numbers
 import os
-import pickle
 import struct
 import zlib
 from collections.abc import Sequence
@@ -47,6 +45,7 @@ import torch
 from PIL import Image
 
 from .builtin import load_builtin
+from ..safe_pickle import NUMPY_ARRAY_GLOBALS, ForbiddenGlobal, restricted_load
 from .image_folder import _DECODE_ERRORS, BaseImageDataset, DataError, check_image_size, to_model_tensor
 
 NOTHING_DOWNLOADED = "nothing is downloaded"
@@ -238,50 +237,11 @@ CIFAR10_FILES: dict[str, tuple[str, ...]] = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
 }
-# The only globals a pickle of numpy arrays needs (NumPy 1 and 2 module names, Python 2 and 3 writers).
-_NUMPY_PRIVATE = (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
-_PICKLE_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
-    **{(f"{pkg}.{sub}", attr): (sub, attr) for pkg in ("numpy.core", "numpy._core") for sub, attr in _NUMPY_PRIVATE},
-    ("numpy", "ndarray"): ("", "ndarray"),
-    ("numpy", "dtype"): ("", "dtype"),
-    ("_codecs", "encode"): ("_codecs", "encode"),
-}
-
-
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    pass
-
-
-def _numpy_attr(submodule: str, name: str):
-    if not submodule:
-        return getattr(np, name)
-    if submodule == "_codecs":
-        return getattr(importlib.import_module("_codecs"), name)
-    for prefix in ("numpy._core", "numpy.core"):  # NumPy 2 first: its numpy.core warns when touched
-        try:
-            module = importlib.import_module(f"{prefix}.{submodule}")
-        except ImportError:
-            continue
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise _ForbiddenGlobal(f"numpy has no {submodule}.{name}")
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, strings, numbers and numpy arrays only: any other global is refused."""
-
-    def find_class(self, module: str, name: str):
-        target = _PICKLE_GLOBALS.get((module, name))
-        if target is None:
-            raise _ForbiddenGlobal(f"{module}.{name}")
-        return _numpy_attr(*target)
-
-
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
-            entry = _ArrayUnpickler(handle, encoding="bytes").load()
-    except _ForbiddenGlobal as error:
+            entry = restricted_load(handle, NUMPY_ARRAY_GLOBALS, encoding="bytes")
+    except ForbiddenGlobal as error:
         raise DataError(
             f"refusing to unpickle CIFAR-10 file '{path}': it references '{error}', but a CIFAR-10 batch holds "
             "only numpy arrays and lists; replace it with the file from cifar-10-python.tar.gz"

@@ -17,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..safe_pickle import TORCH_SAFE_GLOBALS
+from .unet import DEFAULT_CHANNEL_MULT
 from .unet_blocks import AttentionBlock, QKVAttention
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -52,12 +54,15 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return state_dict
 
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None) -> StateDict:
+def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None,
+                    select: Optional[str] = None, prefix: Optional[str] = None) -> StateDict:
     """Read a state dict with ``torch.load(weights_only=True)``, so a file can never run code on load.
 
     Wrapped files (``{"state_dict": ...}``, ``{"model": ...}``, or one tensor dict beside metadata) are
-    unwrapped and a DDP "module." prefix is stripped. ``flag`` names the option the path came from, for
-    the error when the file is missing.
+    unwrapped and a DDP "module." prefix is stripped. ``select`` names the entry to take from a file holding
+    several (``"ema"`` of DiT's {model, ema, opt, args}); ``prefix`` keeps the keys under it, stripped
+    (``"model.diffusion_model."`` of a Stable Diffusion file). ``flag`` names the option the path came
+    from, for the error when the file is missing.
     """
     path = Path(path)
     if not path.is_file():
@@ -65,7 +70,8 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optiona
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"checkpoint {str(path)!r} {what}; pass the checkpoint file with {how}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: [^\n]*", str(exc))
         detail = f" ({found.group(0).strip()})" if found else ""
@@ -73,18 +79,31 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optiona
             f"refusing to load {path}: it stores Python objects other than tensors and plain containers, and "
             f"unpickling them could run code from the file{detail}. If you trust it, re-save just its state "
             "dict (torch.save(model.state_dict(), ...)).") from exc
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+    if select is not None:
+        if not isinstance(obj, Mapping) or not _is_state_dict(obj.get(select)):
+            entries = [k for k, v in obj.items() if _is_state_dict(v)] if isinstance(obj, Mapping) else []
+            raise ValueError(f"{path} has no state dict under {select!r}"
+                             + (f"; it has {', '.join(map(str, entries))}" if entries else ""))
+        obj = obj[select]
+    elif isinstance(obj, Mapping) and not _is_state_dict(obj):
         inner = [k for k in WRAPPER_KEYS if _is_state_dict(obj.get(k))]
         inner = inner or [k for k, v in obj.items() if _is_state_dict(v)]
         if len(inner) > 1 and inner[0] not in WRAPPER_KEYS:
             raise ValueError(f"{path} holds several tensor dicts ({', '.join(map(str, inner))}); "
-                             "load it with torch.load and pass the one you want")
+                             "choose one with select=")
         if not inner:
             raise ValueError(f"{path} holds no state dict (top-level keys: {', '.join(map(str, obj))[:300]})")
         obj = obj[inner[0]]
     if not _is_state_dict(obj):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
-    return strip_module_prefix(obj)
+    obj = strip_module_prefix(obj)
+    if prefix is not None:
+        kept = OrderedDict((k[len(prefix):], v) for k, v in obj.items() if k.startswith(prefix))
+        if not kept:
+            heads = sorted({k.split(".")[0] + "." for k in obj})
+            raise ValueError(f"{path} has no keys under {prefix!r}; its keys start with {', '.join(heads[:8])}")
+        obj = kept
+    return obj
 
 
 # ------------------------------------------------------------------------------------- flag inference
@@ -227,10 +246,10 @@ def _listing(title: str, keys: List[str], detail: Optional[Dict[str, str]] = Non
     return [f"{title} ({len(keys)}):"] + [f"    {s}" for s in lines[:LIST_LIMIT]] + more if keys else []
 
 
-def _flag_hints(model: nn.Module, ck_sd: Mapping, model_sd: Mapping, flags: Optional[dict]) -> List[str]:
-    """Compare what the checkpoint's keys imply with what the model's keys imply, flag by flag."""
-    from ..script_util import DEFAULT_CHANNEL_MULT  # late: script_util imports the models package
-
+def _flag_hints(model: nn.Module, ck_sd: Mapping, model_sd: Mapping, flags: Optional[dict],
+                flag_names: Optional[Mapping[str, Optional[str]]] = None) -> List[str]:
+    """Compare what the checkpoint's keys imply with what the model's keys imply, flag by flag, in the flag
+    names of the model's family (``flag_names``: ADM name -> the family's flag, None where it has none)."""
     if "time_embed.0.weight" not in model_sd:
         return []
     try:
@@ -246,16 +265,27 @@ def _flag_hints(model: nn.Module, ck_sd: Mapping, model_sd: Mapping, flags: Opti
     is_clf = md["model_type"] == "classifier"
     size = md.get("image_size") or getattr(model, "image_size", None) or flags.get("image_size")
 
-    def name(flag: str) -> str:
+    def name(flag: str) -> Optional[str]:
+        if flag_names is not None:
+            return flag_names.get(flag, flag)
         return CLASSIFIER_FLAG_NAMES.get(flag, flag) if is_clf else flag
 
-    def differ(flag: str, why: str, value=None, mine=None) -> str:
+    def spelled(flag: str, value) -> str:
+        """``--flag value``; a dash-spelled boolean is a switch, ``--flag`` or ``--no-flag``."""
+        if "-" in flag and isinstance(value, bool):
+            return f"--{flag}" if value else f"--no-{flag}"
+        return f"--{flag} {value}"
+
+    def differ(flag: str, why: str, value=None, mine=None) -> Optional[str]:
         """'--flag: <why>, so it looks like --flag V; the model has W' (W as passed, when flags are given)."""
+        family = name(flag)
+        if family is None:
+            return None
         inferred = md.get(flag) if mine is None else mine
-        mine = flags.get(name(flag), inferred)
+        mine = flags.get(family.replace("-", "_"), inferred)
         mine = f"'' (= {inferred})" if mine == "" else mine
         value = ck[flag] if value is None else value
-        return f"--{name(flag)}: {why}, so it looks like --{name(flag)} {value}; the model has {mine}"
+        return f"--{family}: {why}, so it looks like {spelled(family, value)}; the model has {mine}"
 
     def changed(flag: str) -> bool:
         return flag in ck and flag in md and ck[flag] != md[flag]
@@ -303,16 +333,20 @@ def _flag_hints(model: nn.Module, ck_sd: Mapping, model_sd: Mapping, flags: Opti
             why = (f"the checkpoint has attention (qkv keys) at downsample rates {ck['attention_ds']}, the "
                    f"model at {md['attention_ds']}" + (f" (image_size {ck_size})" if ck_size else ""))
             hints.append(differ("attention_resolutions", why, ck_res, md_res))
+    hints = [h for h in hints if h]
     return hints or ["no flag difference could be read from the keys: the checkpoint may come from another "
                      "code base (e.g. improved-diffusion) or a modified model"]
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                            flags: Optional[dict] = None, strict: bool = True):
+                            flags: Optional[dict] = None, strict: bool = True,
+                            flag_names: Optional[Mapping[str, Optional[str]]] = None):
     """``model.load_state_dict`` with key and shape checks first, so a mismatch gives one readable
     CheckpointMismatchError (missing / unexpected keys, shape mismatches, the flags that are probably
     wrong) instead of torch's wall of keys. ``strict=False`` tolerates missing and unexpected keys, never
     a shape mismatch. ``flags`` (the dict the model was built from) only improves the wording.
+    ``flag_names`` spells the hints in the model family's flags (ADM name -> e.g. "hid-channels", None to
+    leave a flag out); ADM's (or the classifier's) names by default.
     Returns what ``model.load_state_dict`` returns.
     """
     if not _is_state_dict(state_dict):
@@ -325,7 +359,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
                   if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
     if not mismatched and not (strict and (missing or unexpected)):
         return model.load_state_dict(state_dict, strict=strict)
-    hints = _flag_hints(model, state_dict, expected, flags)
+    hints = _flag_hints(model, state_dict, expected, flags, flag_names)
     lines = [f"checkpoint does not match the {type(model).__name__}: {len(missing)} missing keys, "
              f"{len(unexpected)} unexpected keys, {len(mismatched)} shape mismatches.",
              "Probably wrong flags:"]
@@ -335,7 +369,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     lines += _listing("Shape mismatches (checkpoint vs model)", [k for k, _, _ in mismatched],
                       {k: f": {c} vs {m}" for k, c, m in mismatched})
     attn = next((m for m in model.modules() if isinstance(m, AttentionBlock)), None)
-    if attn is not None and "output_blocks.0.0.in_layers.2.weight" in expected:
+    if attn is not None and "output_blocks.0.0.in_layers.2.weight" in expected and flag_names is None:
         new_order = isinstance(attn.attention, QKVAttention)
         lines.append(f"Note: use_new_attention_order (the model has {new_order}) cannot be checked from "
                      "keys; ADM's 64x64_diffusion.pt needs True, the others False.")

@@ -15,7 +15,6 @@ mismatch is an error naming the flag to change, raised before any weight is load
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -24,6 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 import torch.nn as nn
 
+from ..flags import read_flags_beside
 from .classifiers import (CheckpointLayoutError, add_lora, build_classifier, canonical_classifier_name,
                           check_state_dict_layout, describe_layout, imagenet_normalize, read_state_dict)
 from .experts import ExpertRanges, FullExpertSet, LoRAExpertSet
@@ -37,24 +37,6 @@ PAPER_CLASSIFIER_SCALE = 7.5
 # {i}_max{n}.ckpt and {i}_iteration{step}_max{n}.ckpt, the names classifier_train writes.
 _EXPERT_FILE = re.compile(r"^(\d+)_(?:iteration\d+_)?max(\d+)\.ckpt$")
 _KEY_PREFIXES = ("deit.classifier.", "resnet.", "classifier.")
-
-
-def read_ppap_flags(path: str) -> Optional[Dict]:
-    """The ``flags.json`` beside checkpoint ``path`` (a classifier_train run folder), or None if absent.
-
-    Released PPAP checkpoints come without one.
-    """
-    flags_path = os.path.join(os.path.dirname(os.path.abspath(path)), "flags.json")
-    if not os.path.isfile(flags_path):
-        return None
-    try:
-        with open(flags_path) as f:
-            flags = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{flags_path} is not valid JSON ({exc}); fix or remove it") from exc
-    if not isinstance(flags, dict):
-        raise ValueError(f"{flags_path} holds a {type(flags).__name__}, not a JSON object of flags")
-    return flags
 
 
 class NaiveGuidance(nn.Module):
@@ -228,7 +210,7 @@ def load_guidance_classifier(method: str, paths: Sequence[str], *, classifier_na
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"classifier checkpoint(s) not found: {', '.join(missing)}")
-    all_flags = [read_ppap_flags(p) for p in paths]
+    all_flags = [read_flags_beside(p) for p in paths]  # released checkpoints come without one
     if method == "ppap" and scale_convention is None:
         saved = all_flags[0].get("lora_scale_convention") if all_flags[0] else None
         scale_convention = saved or "released"
@@ -296,4 +278,4 @@ def _load_full(model: nn.Module, path: str, state_dict: Mapping[str, torch.Tenso
 
 
 __all__ = ["METHODS", "PAPER_CLASSIFIER_SCALE", "NaiveGuidance", "checkpoint_num_classes", "expert_position",
-           "guess_classifier_name", "load_guidance_classifier", "read_ppap_flags"]
+           "guess_classifier_name", "load_guidance_classifier"]

@@ -41,7 +41,7 @@ from guided_diffusion.metrics.inception import FEATURE_NET_NAMES, load_feature_n
 from guided_diffusion.models.vdpm import VDPM_MODEL_SIZES
 from guided_diffusion.sample_writer import image_grid, run_seeded_sampling, save_png
 from guided_diffusion.train import latest_checkpoint, write_json
-from guided_diffusion.train.vdpm import VDPMTrainLoop, vdpm_batches
+from guided_diffusion.vdpm.training import VDPMTrainLoop, vdpm_batches
 from guided_diffusion.flags import load_config, merge_flags, resolve_config_path
 from guided_diffusion.vdpm import (CHECKPOINT_FLAG_NAMES, DEFAULT_CONFIG_DIR, DatasetImages, dataset_image_size,
                                    diffusion_from_flags, fid_precision_recall, model_from_flags, vdpm_batch_sampler)

@@ -17,7 +17,7 @@ from guided_diffusion.diffusion import ContinuousDiffusion
 from guided_diffusion.models.unet import UNetModel
 from guided_diffusion.models.vdpm import create_vdpm_model
 from guided_diffusion.train import StepRandom
-from guided_diffusion.train.vdpm import VDPMTrainLoop
+from guided_diffusion.vdpm.training import VDPMTrainLoop
 from guided_diffusion.flags import load_config
 from guided_diffusion.vdpm import DEFAULT_CONFIG_DIR, model_from_flags, tags_to_int
 from script_runs import import_script, run_script, start_script

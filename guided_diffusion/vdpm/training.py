@@ -27,9 +27,9 @@ import torch.nn as nn
 
 from .. import logger
 from ..data import load_data
-from ..vdpm import NULL_LABEL, model_labels
-from .loop import Trainer, linear_warmup_schedule, logger_dir
-from .objective import Draws, Objective, StepRandom
+from ..train.loop import Trainer, linear_warmup_schedule, logger_dir
+from ..train.objective import Draws, Objective, StepRandom
+from . import NULL_LABEL, model_labels
 
 
 class VObjective(Objective):

@@ -1,4 +1,5 @@
-"""What the VDPM scripts share: flags -> model and process, labels, seeded sampling, checkpoint hints, metrics.
+"""The v-objective family (VDPM): what its scripts share (flags -> model and process, labels, seeded sampling,
+checkpoint hints, metrics); its training loop is :mod:`guided_diffusion.vdpm.training`.
 
 Labels follow the seed: class k is stored as k + 1 and 0 is the classifier-free null label; CelebA's 40 tags
 are a {0, 1} vector whose null is all zeros. Data sets yield 0-based classes; :func:`model_labels` shifts them.
@@ -15,17 +16,17 @@ from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .data import VDPM_DATASET_INFO
-from .denoisers import Denoiser
-from .diffusion.continuous import ContinuousDiffusion
-from .guidance.cfg import ClassifierFreeGuidance
-from .labels import null_label_fn
-from .metrics.evaluate import compute_activations
-from .metrics.stats import frechet_distance, precision_recall
-from .models.vdpm import VDPMUNet, create_vdpm_model
-from .samplers import sample_ancestral, sample_ddim
-from .sample_writer import to_uint8
-from .sampling import BatchFn, ClassLabels, LabelMode, TagRows, make_batch_sampler, tag_bits
+from ..data import VDPM_DATASET_INFO
+from ..denoisers import Denoiser
+from ..diffusion.continuous import ContinuousDiffusion
+from ..guidance.cfg import ClassifierFreeGuidance
+from ..labels import null_label_fn
+from ..metrics.evaluate import compute_activations
+from ..metrics.stats import frechet_distance, precision_recall
+from ..models.vdpm import VDPMUNet, create_vdpm_model
+from ..samplers import sample_ancestral, sample_ddim
+from ..sample_writer import to_uint8
+from ..sampling import BatchFn, ClassLabels, LabelMode, TagRows, make_batch_sampler, tag_bits
 
 MODEL_FLAGS = ("hid_channels", "ch_multipliers", "num_res_blocks", "apply_attn", "drop_rate", "num_heads",
                "head_dim")
@@ -33,7 +34,7 @@ DIFFUSION_FLAGS = ("logsnr_schedule", "logsnr_min", "logsnr_max", "train_timeste
                    "model_out_type", "model_var_type", "intp_frac", "reweight_type", "loss_type")
 # What fixes the network's shape: a checkpoint loads only into a model built from the same values.
 NETWORK_FLAGS = ("dataset", "image_size", "use_cfg", "model_out_type") + MODEL_FLAGS
-DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs" / "vdpm")
+DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs" / "vdpm")
 # A checkpoint that does not fit is explained in these flags (ADM's name -> VDPM's; None: no VDPM flag says it).
 CHECKPOINT_FLAG_NAMES = {"num_channels": "hid-channels", "num_res_blocks": "num-res-blocks",
                          "channel_mult": "ch-multipliers", "class_cond": "use-cfg", "num_classes": None,

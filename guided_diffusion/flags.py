@@ -130,7 +130,9 @@ def merge_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv:
                 beside: Optional[Union[str, Path]] = None, keys: Optional[Iterable[str]] = None,
                 ignore: Sequence[str] = ()) -> Dict[str, List[str]]:
     """defaults < ``config`` (a flat dict from :func:`load_config`; unknown names are an error) < the flags.json
-    beside the checkpoint ``beside`` (only ``keys``, when given; never ``ignore``) < what ``argv`` typed.
+    beside the checkpoint ``beside`` < what ``argv`` typed. From the flags.json only ``keys`` are taken when
+    given (it may hold another script's flags: a sampler reads a training run's), else all of it, and then a
+    name this parser does not know is an error; ``ignore`` names are never taken.
 
     Returns {"config": names set from the config, "beside": names set from the flags.json}.
     """
@@ -142,8 +144,7 @@ def merge_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv:
     if saved:
         source = os.path.join(os.path.dirname(os.path.abspath(beside)), "flags.json")
         saved = {k: v for k, v in saved.items() if k not in ignore}
-        done["beside"] = apply_flag_values(parser, args, saved, typed, source,
-                                           keys=keys if keys is not None else saved.keys())
+        done["beside"] = apply_flag_values(parser, args, saved, typed, source, keys=keys)
     return done
 
 

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .timesteps import NoiseLevel, TimeUnit
+from .timesteps import DiscreteSchedule, NoiseLevel, TimeUnit
 
 
 def posterior_coefficients(alpha_t: np.ndarray, sigma_t: np.ndarray, alpha_s: np.ndarray,
@@ -130,6 +130,14 @@ class Trajectory:
 
     def __len__(self) -> int:
         return len(self.alphas)
+
+    @property
+    def schedule(self) -> DiscreteSchedule:
+        """These levels as a :class:`DiscreteSchedule` (index = level), built once: what maps any noise level
+        to this trajectory's (train) index when it is a model's training process."""
+        if getattr(self, "_schedule", None) is None:
+            self._schedule = DiscreteSchedule(self.alphas, self.sigmas)
+        return self._schedule
 
     def take(self, array: np.ndarray, index: torch.Tensor) -> torch.Tensor:
         """array[index] on index's device, keeping the array's dtype (float64 for coefficients; float32 on

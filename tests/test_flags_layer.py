@@ -45,7 +45,7 @@ def test_typed_dests_reads_every_form():
 
 
 def test_merge_order_is_defaults_config_flags_json_typed(tmp_path):
-    (tmp_path / "flags.json").write_text(json.dumps({"steps": 30, "schedule": "linear", "other_script_flag": 1}))
+    (tmp_path / "flags.json").write_text(json.dumps({"steps": 30, "schedule": "linear"}))
     parser = parser_for("dash")
     argv = ["--schedule", "sigmoid"]
     args = parser.parse_args(argv)
@@ -53,9 +53,13 @@ def test_merge_order_is_defaults_config_flags_json_typed(tmp_path):
                        beside=tmp_path / "model000010.pt")
     assert (args.lr, args.steps, args.schedule) == (0.01, 30, "sigmoid")  # config < flags.json < typed
     assert done == {"config": ["lr", "steps"], "beside": ["steps"]}
+    # A training run's flags.json read by another script: only the keys asked for, the rest ignored.
+    (tmp_path / "flags.json").write_text(json.dumps({"steps": 30, "schedule": "linear", "other_script_flag": 1}))
     args = parser.parse_args([])
     merge_flags(parser, args, [], beside=tmp_path / "model000010.pt", keys=["schedule"])
-    assert (args.steps, args.schedule) == (10, "linear")  # only the keys asked for
+    assert (args.steps, args.schedule) == (10, "linear")
+    with pytest.raises(ValueError, match="unknown flags other_script_flag"):  # the run's own flags: all known
+        merge_flags(parser, parser.parse_args([]), [], beside=tmp_path / "model000010.pt")
     with pytest.raises(ValueError, match="unknown flags bogus"):
         merge_flags(parser, parser.parse_args([]), [], config={"bogus": 1})
     with pytest.raises(ValueError, match="--steps cannot take 2.5"):

@@ -60,8 +60,7 @@ def load_diffusion_model(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 def guide_schedule(diffusion) -> DiscreteSchedule:
     """The training schedule of ``diffusion``: the train indices a classifier trained on its noise reads."""
-    train = diffusion.train_trajectory
-    return DiscreteSchedule(train.alphas, train.sigmas)
+    return diffusion.train_trajectory.schedule
 
 
 def adm_batch_sampler(model, diffusion, *, image_size: int, use_ddim: bool = False, clip_denoised: bool = True,

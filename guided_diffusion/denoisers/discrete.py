@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..timesteps import DiscreteSchedule, NoiseLevel, TimeUnit
+from ..timesteps import NoiseLevel, TimeUnit
 from ..trajectory import Trajectory
 from . import Denoiser, Prediction, match_level
 from .outputs import ModelOutput, model_output, prediction_from_output
@@ -57,7 +57,7 @@ class DiscreteDenoiser(Denoiser):
             raise ValueError(f"a discrete-time model does not output {self.output.value!r}")
         self.var_type = ModelVarType(var_type)
         self.train_trajectory = train_trajectory
-        self.schedule = DiscreteSchedule(train_trajectory.alphas, train_trajectory.sigmas)
+        self.schedule = train_trajectory.schedule
         self.rescale_timesteps = rescale_timesteps
         self.clip_denoised = clip_denoised
 

@@ -111,9 +111,10 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         stacked = {}
         for key, c in model_kwargs.items():
             u = uncond_kwargs[key]
-            if isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and c.shape[:1] == u.shape[:1] == (n,):
+            tensors = isinstance(c, torch.Tensor), isinstance(u, torch.Tensor)
+            if all(tensors) and c.shape[:1] == u.shape[:1] == (n,):
                 stacked[key] = torch.cat([c, u])
-            elif c is u:
+            elif c is u or (not any(tensors) and c == u):
                 stacked[key] = c  # not per-sample and the same in both branches: shared by the doubled batch
             else:
                 return self.inner(x, level, **model_kwargs), self.inner(x, level, **uncond_kwargs)

@@ -16,6 +16,7 @@ setup(
         "blobfile",
         "timm",
         "open-clip-torch",
+        "pyyaml",
     ],
     extras_require={"mpi": ["mpich", "mpi4py"], "test": ["pytest"]},
 )

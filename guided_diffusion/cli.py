@@ -38,7 +38,9 @@ def flags_of(args: argparse.Namespace, drop: Iterable[str] = ()) -> Dict:
 def add_run_flags(parser: argparse.ArgumentParser, name: str) -> None:
     """``--log_path`` (printed at start; default logs/<name>-<time>) and ``--gpus`` (ids, one per rank)."""
     parser.add_argument("--log_path", default="", help=f"output folder (default: logs/{name}-<date>-<time>)")
-    parser.add_argument("--gpus", default="", help="GPU ids to use, one per rank, e.g. 0,1 (default: all)")
+    # nargs "+": PPAP's command lines write --gpus 0 1 2 3; ADM-style 0,1,2,3 works too (dist_util.parse_gpus).
+    parser.add_argument("--gpus", nargs="+", default="",
+                        help="GPU ids to use, one per rank: 0,1,2,3 or 0 1 2 3 (default: all)")
 
 
 def load_model_checked(model: torch.nn.Module, path: str, *, flags: Optional[dict] = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import socket
 from datetime import timedelta
 from typing import Iterable, List, Optional, Sequence, Union
@@ -26,16 +27,20 @@ _MPI_ENV = (
 _device: Optional[torch.device] = None
 
 
-def parse_gpus(gpus: Union[str, Sequence[int], None]) -> Optional[List[int]]:
-    """``"0,2"`` -> [0, 2]; "" or None -> None (every visible GPU, one per local rank)."""
-    if gpus is None or gpus == "":
+def parse_gpus(gpus: Union[str, int, Sequence[Union[str, int]], None]) -> Optional[List[int]]:
+    """GPU ids from ``--gpus``: ``"0,2"``, ``"0 2"``, ``["0", "2"]`` (PPAP's ``--gpus 0 2``), ``["0,2"]`` or
+    ``[0, 2]`` -> [0, 2]; "", [] or None -> None (every visible GPU, one per local rank)."""
+    if gpus is None:
         return None
-    if isinstance(gpus, str):
-        try:
-            return [int(g) for g in gpus.replace(" ", "").split(",") if g != ""]
-        except ValueError:
-            raise ValueError(f"--gpus takes comma-separated GPU ids such as 0,1; got {gpus!r}") from None
-    return [int(g) for g in gpus]
+    items = [gpus] if isinstance(gpus, (str, int)) else list(gpus)
+    words = [w for item in items for w in re.split(r"[\s,]+", str(item).strip()) if w != ""]
+    try:
+        ids = [int(w) for w in words]
+    except ValueError:
+        raise ValueError(f"--gpus takes GPU ids such as 0,1 or 0 1; got {gpus!r}") from None
+    if any(i < 0 for i in ids):
+        raise ValueError(f"--gpus takes non-negative GPU ids; got {gpus!r}")
+    return ids or None
 
 
 def launcher() -> str:
@@ -85,9 +90,9 @@ def setup_dist(gpus: Union[str, Sequence[int], None] = None, *, timeout_minutes:
     uses gpus[i]; without it, local rank i uses GPU i modulo the visible count. Safe to call twice.
     """
     global _device
+    gpus = parse_gpus(gpus)  # a bad --gpus is an error even when the group already exists
     if dist.is_initialized():
         return
-    gpus = parse_gpus(gpus)
     kind = launcher()
     if kind == "torchrun":
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -11,8 +11,11 @@ PPAP (Go et al. 2023): an off-the-shelf classifier (``--classifier_name ResNet18
     --method finetune       --classifier_path 0_max1.ckpt: one classifier fine-tuned on noisy images
     --method multi_experts  --classifier_path 0_max5.ckpt ... 4_max5.ckpt: one classifier per step range
     --method ppap           --classifier_path 0_max5.ckpt ... 4_max5.ckpt: LoRA experts (--gamma = rank)
-The expert of a step is chosen by its original train index, so any respacing routes correctly. The PPAP
-methods guide with the paper's scale 7.5 unless ``--classifier_scale`` is given.
+The expert of a step is chosen by its original train index, so any respacing routes correctly:
+``--expert_routing original`` (default) is PPAP's released rule, which sends a boundary step (t = 200 of 5
+experts) to the lower expert, as the published samples were made; ``training`` sends each step to the expert
+trained on it (half-open ranges). It is saved with the samples' flags. The PPAP methods guide with the paper's
+scale 7.5 unless ``--classifier_scale`` is given.
 
 Writes ``samples_NxHxWx3.npz`` with ``arr_1`` = the target labels (drawn from each sample's seed, or all
 ``--target_label K``), a PNG grid and the flags. Model and classifier flags left off the command line are
@@ -34,6 +37,7 @@ from guided_diffusion.adm.sampling import (SAMPLE_DEFAULTS, guide_schedule, load
 from guided_diffusion.cli import load_model_checked, resolve_log_path, run_cli
 from guided_diffusion.flags import merge_flags, typed_dests
 from guided_diffusion.guidance import classifier_guide
+from guided_diffusion.ppap.experts import ROUTING_RULES
 from guided_diffusion.ppap.guidance import METHODS, PAPER_CLASSIFIER_SCALE, load_guidance_classifier
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_defaults,
                                           create_classifier)
@@ -50,6 +54,9 @@ def create_argparser() -> argparse.ArgumentParser:
                         help="adm: ADM's noisy classifier; naive/finetune/multi_experts/ppap: PPAP's")
     parser.add_argument("--classifier_path", nargs="+", default=[],
                         help="the classifier checkpoint, or one per expert in expert order")
+    parser.add_argument("--expert_routing", default="original", choices=ROUTING_RULES,
+                        help="original: PPAP's released sampler (boundary steps to the lower expert); "
+                             "training: the half-open range each expert was trained on")
     defaults = dict(classifier_scale=1.0)
     defaults.update({k: v for k, v in classifier_defaults().items() if k not in SAMPLE_DEFAULTS
                      and k != "image_size"})
@@ -87,7 +94,7 @@ def load_ppap_classifier(parser, args: argparse.Namespace, argv: Optional[Sequen
         args.method, paths, classifier_name=args.classifier_name, n_experts=args.n_experts or None,
         gamma=args.gamma, lora_alpha=args.lora_alpha, num_classes=args.classifier_num_classes,
         scale_convention=args.lora_scale_convention or None, total_steps=diffusion.original_num_steps,
-        noise_schedule=args.noise_schedule, device=dist_util.dev())
+        noise_schedule=args.noise_schedule, expert_routing=args.expert_routing, device=dist_util.dev())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

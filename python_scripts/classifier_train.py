@@ -9,8 +9,12 @@ prefix``, ADM: ``<class>_<anything>.png``) or the parent folders (``--label_from
 ``modelNNNNNN.pt``/``optNNNNNN.pt`` and ``flags.json`` land in ``--log_path``; ``--resume_checkpoint``
 continues a run. Logs train/val loss, acc@1 and acc@5, overall and per quarter of the diffusion steps.
 
-PPAP's methods train an off-the-shelf classifier (``--classifier_name ResNet18|ResNet50|ResNet152|DEIT``,
-weights from ``--classifier_init PATH``) instead, writing ``{expert}_max{n}.ckpt`` in PPAP's layouts:
+PPAP's methods train an off-the-shelf classifier (``--classifier_name ResNet18|ResNet50|ResNet152|DEIT``)
+instead, writing ``{expert}_max{n}.ckpt`` in PPAP's layouts. Its weights come from ``--classifier_init PATH``
+(a state dict; a DeiT also in timm's own layout), else from torchvision's / timm's local cache of the ImageNet
+weights PPAP used (ResNet18 IMAGENET1K_V1, ResNet50/152 IMAGENET1K_V2, deit_small_patch16_224); nothing is
+downloaded. ``--method ppap`` refuses to start without them; finetune and multi_experts warn and start from
+random weights.
 
     --method finetune       one classifier on noisy labelled data (labels: parent folder by default)
     --method multi_experts  --n_experts 5: one classifier per fifth of the diffusion steps
@@ -19,15 +23,18 @@ weights from ``--classifier_init PATH``) instead, writing ``{expert}_max{n}.ckpt
     --method clean          a clean classifier with ImageNet-normalised input: an off-the-shelf
                             classifier for data that has none (the teacher and the naive baseline)
 
-``--iterations`` is split evenly over the experts; ``--anneal_lr`` anneals within each expert.
-``--expert_init chained`` (default, PPAP's order) starts expert i from expert i-1's trained weights;
-``pretrained`` starts each from ``--classifier_init``.
+``--iterations`` is split evenly over the experts (any n: expert i trains on PPAP's floored range
+[int(i/n*T), int((i+1)/n*T))); ``--anneal_lr`` anneals within each expert. ``--expert_init chained`` (default,
+PPAP's order) starts expert i from expert i-1's trained weights; ``pretrained`` starts each from the
+off-the-shelf weights. ``--lora_scale_convention released`` (default) scales the LoRA deltas as PPAP's code
+does (alpha/r on convs, 1 on DeiT's linears), so the experts load in the original code at the same strength.
+Images smaller than ``--image_size`` are upscaled (as PPAP's loader does; their count is logged) unless
+``--allow_upscale False``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -36,9 +43,9 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.adm.training import DATA_DEFAULTS, RUN_DEFAULTS, data_stream, open_dataset
 from guided_diffusion.cli import add_run_flags, open_run_folder, resolve_log_path, run_cli
 from guided_diffusion.flags import merge_flags, typed_dests
-from guided_diffusion.ppap.classifiers import canonical_classifier_name
+from guided_diffusion.ppap.classifiers import ADD_LORA_CONVENTIONS, canonical_classifier_name
 from guided_diffusion.ppap.experts import ExpertRanges
-from guided_diffusion.ppap.training import EXPERT_INITS, train_experts
+from guided_diffusion.ppap.training import EXPERT_INITS, starting_weights, train_experts
 from guided_diffusion.data import DataError
 from guided_diffusion.script_util import (add_dict_to_argparser, args_to_dict, classifier_and_diffusion_defaults,
                                           create_classifier_and_diffusion, create_gaussian_diffusion)
@@ -49,14 +56,15 @@ from guided_diffusion.train import (ClassifierTrainLoop, create_named_schedule_s
 def create_argparser() -> argparse.ArgumentParser:
     defaults = dict(val_data_dir="", noised=True, iterations=150000, lr=3e-4, weight_decay=0.0, anneal_lr=False,
                     batch_size=4, microbatch=-1, schedule_sampler="uniform", resume_checkpoint="",
-                    log_interval=10, eval_interval=5, save_interval=10000, classifier_ema_rate="")
+                    log_interval=10, eval_interval=5, save_interval=10000, classifier_ema_rate="",
+                    keep_checkpoints=0)
     defaults.update(DATA_DEFAULTS)
     defaults.update(RUN_DEFAULTS)
     defaults["random_crop"] = True  # ADM's classifier_train crops randomly
     defaults.update(classifier_and_diffusion_defaults())
     # PPAP: --method finetune | multi_experts | ppap trains an off-the-shelf classifier instead of ADM's.
     defaults.update(method="adm", classifier_name="ResNet50", classifier_init="", n_experts=5, gamma=16,
-                    lora_alpha=8.0, lora_scale_convention="alpha_over_r", mixed_precision=True,
+                    lora_alpha=8.0, lora_scale_convention="released", mixed_precision=True,
                     expert_init="chained")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dict_to_argparser(parser, defaults)
@@ -70,14 +78,18 @@ def train_ppap_method(parser, args, argv) -> None:
     canonical_classifier_name(args.classifier_name)  # bad names and missing files fail before any output
     if args.expert_init not in EXPERT_INITS:
         raise ValueError(f"--expert_init {args.expert_init!r} is not one of {', '.join(EXPERT_INITS)}")
-    if args.classifier_init and not os.path.isfile(args.classifier_init):
-        raise FileNotFoundError(f"--classifier_init {args.classifier_init!r} does not exist; pass the "
-                                "off-the-shelf classifier's weights (a state dict) or leave it empty")
+    if args.lora_scale_convention not in ADD_LORA_CONVENTIONS:
+        raise ValueError(f"--lora_scale_convention {args.lora_scale_convention!r} is not one of "
+                         f"{', '.join(ADD_LORA_CONVENTIONS)}")
+    # A missing --classifier_init, or ppap without real teacher weights, stops here: nothing written yet.
+    starting_weights(args.method, args.classifier_name, args.classifier_init, args.classifier_num_classes)
     typed = typed_dests(parser, argv)
     if labelled and "label_from" not in typed:
         args.label_from = "folder"  # PPAP's convention: the class is the parent folder
     if args.method == "ppap" and "random_crop" not in typed:
         args.random_crop = False  # PPAP centre-crops its generated images
+    if "allow_upscale" not in typed:
+        args.allow_upscale = True  # PPAP's loader upscales ImageNet's images smaller than 256 px
     dataset = open_dataset(args, class_cond=labelled)
     if labelled and dataset.num_classes > args.classifier_num_classes:
         raise DataError(f"the data has {dataset.num_classes} classes but --classifier_num_classes is "
@@ -86,6 +98,11 @@ def train_ppap_method(parser, args, argv) -> None:
     ExpertRanges(1 if args.method in ("finetune", "clean") else args.n_experts, diffusion.num_timesteps)
     log_path = resolve_log_path(args, f"classifier_{args.method}")
     open_run_folder(log_path, args)
+    small, checked = getattr(dataset, "num_small", 0), getattr(dataset, "num_checked", 0)
+    if small:
+        of = f"{checked} checked" if checked < len(dataset) else f"{len(dataset)}"
+        logger.log(f"{small} of {of} images are smaller than {args.image_size} px and are upscaled (bicubic), "
+                   "as PPAP's loader does")
     torch.manual_seed(args.seed)
     use_bf16 = args.use_bf16 or (args.mixed_precision and dist_util.dev().type == "cuda")
     paths = train_experts(
@@ -97,7 +114,7 @@ def train_ppap_method(parser, args, argv) -> None:
         trainer_kwargs=dict(batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr,
                             weight_decay=args.weight_decay, log_interval=args.log_interval,
                             save_interval=args.save_interval, seed=args.seed, use_bf16=use_bf16,
-                            progress=args.progress))
+                            progress=args.progress, keep_checkpoints=args.keep_checkpoints))
     logger.log("experts: " + " ".join(paths))
 
 
@@ -136,7 +153,7 @@ def main(argv=None) -> None:
         resume_checkpoint=args.resume_checkpoint, use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
         weight_decay=args.weight_decay, lr_anneal_steps=args.iterations if args.anneal_lr else 0,
         max_steps=args.max_steps or args.iterations, seed=args.seed, flags=flags, progress=args.progress,
-        save_dir=log_path,
+        save_dir=log_path, keep_checkpoints=args.keep_checkpoints,
     )
     open_run_folder(log_path, args)
     logger.log(f"training a {'noisy' if args.noised else 'clean'} classifier on {len(dataset)} images, "

@@ -287,6 +287,28 @@ def test_non_image_files_are_listed(tmp_path):
     assert "7 in all" in message
 
 
+@pytest.mark.filterwarnings("ignore:data directory")  # the refusals below warn again before refusing
+def test_logger_files_of_generate_dataset_are_skipped_with_one_warning(tmp_path):
+    """PPAP's generate_dataset.py writes its logger's log.txt and progress.csv (log-rank001.txt on other ranks)
+    beside the PNGs: skipped, said once; any other non-image is still refused."""
+    for i in range(3):
+        _save(tmp_path / f"{i:06d}.png")
+    for name in ("log.txt", "progress.csv", "log-rank001.txt", "progress.json"):
+        (tmp_path / name).write_text("logging")
+    with pytest.warns(UserWarning, match="log files beside the images, skipped") as caught:
+        dataset = ImageFolderDataset(str(tmp_path), 8)
+    assert len(caught) == 1 and "(4 in all)" in str(caught[0].message)
+    assert len(dataset) == 3 and [os.path.basename(p) for p in dataset.paths] == ["000000.png", "000001.png",
+                                                                                  "000002.png"]
+    assert sorted(os.path.basename(p) for p in dataset.skipped_files) == ["log-rank001.txt", "log.txt",
+                                                                          "progress.csv", "progress.json"]
+    for other in ("log.txt.bak", "mylog.txt", "progress.tsv"):
+        (tmp_path / other).write_text("x")
+        with pytest.raises(DataError, match=f"not images: .*{other}"):
+            ImageFolderDataset(str(tmp_path), 8)
+        (tmp_path / other).unlink()
+
+
 def test_undecodable_image_is_named(tmp_path):
     _save(tmp_path / "a_0.png")
     (tmp_path / "b_1.png").write_bytes(b"this is not a png")
@@ -307,6 +329,11 @@ def test_small_images_need_allow_upscale(tmp_path):
         dataset[0]
     upscaled = ImageFolderDataset(str(tmp_path), 8, allow_upscale=True)
     assert upscaled.validate() == 1 and upscaled[0][0].shape == (3, 8, 8)
+    _save(tmp_path / "b_0.png", size=(9, 8))
+    _save(tmp_path / "c_0.png", size=(7, 30))
+    counted = ImageFolderDataset(str(tmp_path), 8, allow_upscale=True)
+    assert counted.validate() == 3 and (counted.num_checked, counted.num_small) == (3, 2)
+    assert counted.validate(max_files=1) == 1 and (counted.num_checked, counted.num_small) == (1, 1)
 
 
 def test_bad_label_from_and_builtin_name(tmp_path):

@@ -105,6 +105,29 @@ def test_evaluator_cli_prints_adm_lines_and_json(batches, tmp_path, capsys):
     assert f"FID: {res['fid']}" in text and res["num_samples"] == 200
 
 
+def test_evaluator_takes_ppaps_named_flags_and_writes_its_yaml(batches, tmp_path, capsys):
+    """PPAP's README: --ref_batch X --sample_batch Y --save_result_path Z writes YAML to Z.csv with the keys of
+    PPAP's evaluator; the numbers are those of the positional form."""
+    import yaml
+    common = ["--feature_net", "tiny-random", "--progress", "false"]
+    evaluator.main([str(batches["other"]), str(batches["ours"]), "--out", str(tmp_path / "pos.json"), *common])
+    named = tmp_path / "results" / "ppap_run"
+    evaluator.main(["--ref_batch", str(batches["other"]), "--sample_batch", str(batches["ours"]),
+                    "--save_result_path", str(named), *common])
+    assert f"results written to {named}.csv" in capsys.readouterr().out
+    assert not named.exists() and sorted(p.name for p in named.parent.iterdir()) == ["ppap_run.csv"]
+    saved = yaml.safe_load((tmp_path / "results" / "ppap_run.csv").read_text())
+    assert set(saved) == {"name", "ref_batch", "sample_batch", "inception_score", "fid", "precision", "recall"}
+    assert saved["name"] == str(named) and saved["sample_batch"] == str(batches["ours"])
+    expected = json.loads((tmp_path / "pos.json").read_text())
+    for key in ("inception_score", "fid", "precision", "recall"):
+        assert saved[key] == pytest.approx(expected[key], rel=1e-12), key
+    with pytest.raises(SystemExit) as exc:  # the same batch given twice, differently
+        run_cli(evaluator.main, [str(batches["other"]), str(batches["ours"]), "--ref_batch", str(batches["ours"]),
+                                 *common])
+    assert exc.value.code == 2 and "given twice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("make,words", [
     (lambda p: np.savez(p, images(4).astype(np.float32) / 127.5 - 1), ["float32", "uint8", "127.5"]),
     (lambda p: np.savez(p, images(4).transpose(0, 3, 1, 2)), ["(N, H, W, 3)", "transpose"]),

@@ -42,12 +42,13 @@ class Expert(nn.Module):
 
 
 def equivalent_expert(level: NoiseLevel, n_experts: int = 5) -> int:
-    """The expert whose range holds the guide's train index at the level's noise, found independently:
-    linear interpolation of the train index in log(sigma / alpha) over the guide's schedule."""
+    """The expert that guides the level, found independently: the guide's train index at the level's noise
+    (linear interpolation of the index in log(sigma / alpha) over the guide's schedule), routed by PPAP's
+    released rule (the default): expert 0 owns [0, 200], expert i owns (200 i, 200 (i + 1)]."""
     abar = GUIDE_DIFFUSION.alphas_cumprod
     log_rho = 0.5 * np.log((1 - abar) / abar)
     index = np.interp(np.log(float(level.edm_sigma[0])), log_rho, np.arange(1000))
-    return int(index // (1000 // n_experts))
+    return max(int(np.ceil(index / (1000 // n_experts))) - 1, 0)
 
 
 def ppap_guided_run(trajectory, denoiser, sampler):

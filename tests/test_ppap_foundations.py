@@ -220,43 +220,63 @@ def test_init_path_loads_strictly(tmp_path):
 # ------------------------------------------------------------------------------------------------- routing
 
 def test_routing_of_respaced_samplers():
+    """Default (PPAP's released sampler): a boundary step goes to the lower expert, so under ddim25 the experts
+    0..4 guide 6/5/5/5/4 steps; the training rule (half-open ranges) gives 5 each."""
     ranges = ExpertRanges(5)
-    assert ranges.edges == [0, 200, 400, 600, 800, 1000]
+    assert ranges.edges == [0, 200, 400, 600, 800, 1000] and ranges.routing == "original"
 
-    def routed(respacing):
+    def routed(respacing, rule):
         diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing=respacing)
-        return ranges.assign(sorted(diffusion.timestep_map, reverse=True))  # sampling order
+        return ExpertRanges(5, routing=rule).assign(sorted(diffusion.timestep_map, reverse=True))
 
-    assert routed("ddim25") == {
+    assert routed("ddim25", "original") == {
+        4: [960, 920, 880, 840],
+        3: [800, 760, 720, 680, 640],
+        2: [600, 560, 520, 480, 440],
+        1: [400, 360, 320, 280, 240],
+        0: [200, 160, 120, 80, 40, 0],
+    }
+    assert routed("ddim25", "training") == {
         4: [960, 920, 880, 840, 800],
         3: [760, 720, 680, 640, 600],
         2: [560, 520, 480, 440, 400],
         1: [360, 320, 280, 240, 200],
         0: [160, 120, 80, 40, 0],
     }
-    assert routed("ddim10") == {4: [900, 800], 3: [700, 600], 2: [500, 400], 1: [300, 200], 0: [100, 0]}
-    counts_250 = {i: len(v) for i, v in routed("250").items()}
-    assert counts_250 == {0: 50, 1: 50, 2: 50, 3: 50, 4: 50}
-    assert sum(counts_250.values()) == 250
+    assert routed("ddim10", "original") == {4: [900], 3: [800, 700], 2: [600, 500], 1: [400, 300],
+                                            0: [200, 100, 0]}
+    assert routed("ddim10", "training") == {4: [900, 800], 3: [700, 600], 2: [500, 400], 1: [300, 200],
+                                            0: [100, 0]}
+    for rule in ("original", "training"):  # "250" (0, 4, ..., 995, 999) never lands on a boundary
+        counts_250 = {i: len(v) for i, v in routed("250", rule).items()}
+        assert counts_250 == {0: 50, 1: 50, 2: 50, 3: 50, 4: 50}
 
 
 def test_routing_boundaries_and_errors():
-    ranges = ExpertRanges(5)
-    assert ranges.index(200) == 1 and ranges.index(199) == 0
-    assert ranges.index(0) == 0 and ranges.index(999) == 4
-    assert ranges.index(torch.tensor([400, 599, 450])) == 2
+    ranges, training = ExpertRanges(5), ExpertRanges(5, routing="training")
+    assert ranges.index(200) == 0 and ranges.index(201) == 1 and ranges.index(199) == 0
+    assert training.index(200) == 1 and training.index(199) == 0
+    assert ranges.index(0) == 0 and ranges.index(999) == 4 and training.index(999) == 4
+    assert ranges.index(torch.tensor([401, 600, 450])) == 2 and training.index(torch.tensor([400, 599])) == 2
+    # Fractional train indices: the original rule sends t where ceil(t) goes, the training rule floor(t).
+    assert ranges.index(199.5) == 0 and ranges.index(200.25) == 1 and training.index(199.5) == 0
     level = NoiseLevel(alpha=torch.ones(2, dtype=torch.float64), sigma=torch.ones(2, dtype=torch.float64),
-                       t=torch.tensor([800, 801]), num_train_steps=1000)
+                       t=torch.tensor([801, 802]), num_train_steps=1000)
     assert ranges.index(level) == 4
     with pytest.raises(ValueError, match=r"spans experts \[0, 1\]"):
-        ranges.index(torch.tensor([199, 200]))
+        ranges.index(torch.tensor([200, 201]))
+    with pytest.raises(ValueError, match=r"spans experts \[0, 1\]"):
+        training.index(torch.tensor([199, 200]))
     with pytest.raises(ValueError, match="outside"):
-        ranges.index(1000)
-    for bad in (0, -1, 3, 1001, True):
+        training.index(1000)
+    with pytest.raises(ValueError, match="outside"):
+        ranges.index(-1)
+    for bad in (0, -1, 1001, True):
         with pytest.raises(ValueError):
             ExpertRanges(bad)
-    with pytest.raises(ValueError, match=r"choose one of \[1, 2, 4, 5, 8, 10"):
-        ExpertRanges(3)
+    with pytest.raises(ValueError, match="original, training"):
+        ExpertRanges(5, routing="upper")
+    assert ExpertRanges(3).edges == [0, 333, 666, 1000]  # n need not divide the steps (PPAP's floors)
     assert ExpertRanges(1).edges == [0, 1000] and ExpertRanges(8).edges[1] == 125
 
 
@@ -354,12 +374,14 @@ def test_full_expert_set_routes_and_loads_strictly():
     experts = FullExpertSet.build("ResNet18", n_experts=2).eval()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(experts(x, 499), experts.experts[0](x))
-        torch.testing.assert_close(experts(x, torch.tensor([500, 999])), experts.experts[1](x))
+        torch.testing.assert_close(experts(x, 500), experts.experts[0](x))  # PPAP's sampler: the lower one
+        torch.testing.assert_close(experts(x, torch.tensor([501, 999])), experts.experts[1](x))
+        upper = FullExpertSet(list(experts.experts), routing="training")
+        torch.testing.assert_close(upper(x, 500), experts.experts[1](x))
     sds = [{k: v.clone() for k, v in m.state_dict().items()} for m in reversed(experts.experts)]
     experts.load_expert_state_dicts(sds)
     assert torch.equal(experts.experts[0].fc.weight, sds[0]["fc.weight"])
     with pytest.raises(CheckpointLayoutError, match="expert 1 checkpoint"):
         experts.load_expert_state_dicts([sds[0], add_lora(experts.experts[0], "ResNet18").state_dict()])
-    with pytest.raises(ValueError, match="choose one of"):
-        FullExpertSet.build("ResNet18", n_experts=3)
+    with pytest.raises(ValueError, match="1001 is more than the 1000"):
+        FullExpertSet.build("ResNet18", n_experts=1001)

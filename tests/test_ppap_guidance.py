@@ -114,8 +114,11 @@ def test_multi_experts_route_by_original_train_index(ckpts):
     with torch.no_grad():
         e0, e1 = ckpts["full"][1](x), ckpts["full"][2](x)
         assert not torch.allclose(e0, e1)
-        for t, want in ((0, e0), (499, e0), (500, e1), (999, e1)):
+        # PPAP's released routing: the boundary t = 500 goes to the lower expert.
+        for t, want in ((0, e0), (499, e0), (500, e0), (501, e1), (999, e1)):
             assert torch.equal(module(x, _t(t)), want), t
+        trained = _load("multi_experts", ckpts["multi"], expert_routing="training")
+        assert torch.equal(trained(x, _t(500)), e1) and torch.equal(trained(x, _t(499)), e0)
 
 
 def test_ppap_experts_reproduce_saved_logits_merged_and_frozen(ckpts):
@@ -125,7 +128,7 @@ def test_ppap_experts_reproduce_saved_logits_merged_and_frozen(ckpts):
     e0, e1 = _ref_ppap(ckpts, 0, x), _ref_ppap(ckpts, 1, x)
     assert not torch.allclose(e0, e1)
     with torch.no_grad():
-        for t, want in ((499, e0), (500, e1), (0, e0), (999, e1), (3, e0)):  # switching back and forth
+        for t, want in ((500, e0), (501, e1), (0, e0), (999, e1), (3, e0)):  # switching back and forth
             assert torch.equal(module(x, _t(t)), want), t  # merged convs: bit-identical
 
 
@@ -134,9 +137,9 @@ def test_released_checkpoints_without_flags_use_the_released_convention(ckpts):
     module, x = _load("ppap", ckpts["released"], gamma=RANK), _x(2)
     assert {layer.scale_convention for _, layer in lora_layers(module.backbone)} == {"alpha_over_r"}
     with torch.no_grad():
-        assert torch.equal(module(x, _t(500)), _ref_ppap(ckpts, 1, x))
+        assert torch.equal(module(x, _t(501)), _ref_ppap(ckpts, 1, x))
         unit = _load("ppap", ckpts["released"], gamma=RANK, scale_convention="unit")
-        assert not torch.allclose(unit(x, _t(500)), _ref_ppap(ckpts, 1, x))
+        assert not torch.allclose(unit(x, _t(501)), _ref_ppap(ckpts, 1, x))
 
 
 def test_naive_feeds_imagenet_normalized_inputs_and_ignores_t(ckpts):
@@ -281,6 +284,33 @@ def test_classifier_sample_ppap_routes_experts_and_writes_labelled_samples(tmp_p
     flags = json.loads((tmp_path / "ppap" / "samples_4x8x8x3_flags.json").read_text())
     assert flags["gamma"] == RANK and flags["n_experts"] == 2 and flags["classifier_name"] == NAME
     assert flags["classifier_num_classes"] == CLASSES and flags["classifier_scale"] == 7.5
+
+
+@pytest.mark.parametrize("rule", ["training", None])  # None: the default, PPAP's released rule
+def test_classifier_sample_expert_routing_is_a_flag_and_is_saved(tmp_path, tiny_model, ppap_100, monkeypatch,
+                                                                 rule):
+    """ddim10 of the 100-step model visits t = 50, the boundary of the 2 experts: PPAP's sampler (the default)
+    sends it to expert 0 (the first i with e_i <= t <= e_{i+1}), the training rule to expert 1 ([50, 100))."""
+    seen = []
+
+    def recording_guide(classifier, scale, **kwargs):
+        def watched(x, t):
+            seen.append((int(t[0]), classifier.expert_index(t)))
+            return classifier(x, t)
+        return classifier_guide(watched, scale, **kwargs)
+
+    monkeypatch.setattr(classifier_sample, "classifier_guide", recording_guide)
+    extra = [] if rule is None else ["--expert_routing", rule]
+    _sample(tmp_path, tiny_model, ppap_100, "r", "--method", "ppap", "--timestep_respacing", "ddim10", *extra)
+    edges = [0, 50, 100]
+    if rule == "training":
+        expected = [next(i for i in range(2) if edges[i] <= t < edges[i + 1]) for t, _ in seen]
+    else:
+        expected = [next(i for i in range(2) if edges[i] <= t <= edges[i + 1]) for t, _ in seen]
+    assert [t for t, _ in seen] == list(range(90, -1, -10))
+    assert [e for _, e in seen] == expected and expected[4] == (1 if rule == "training" else 0)
+    flags = json.loads((tmp_path / "r" / "samples_4x8x8x3_flags.json").read_text())
+    assert flags["expert_routing"] == (rule or "original")
 
 
 def test_classifier_sample_target_label_keeps_the_seed_pairing(tmp_path, tiny_model, ppap_100):

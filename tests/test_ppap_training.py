@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -33,8 +34,12 @@ def runs(tmp_path_factory):
     clean = train(root, "clean", "clean", 6, "--data_dir", "builtin:digits")
     gen = root / "generated"
     gen.mkdir()
-    for i in range(12):  # stands in for generate_dataset.py output: unlabeled PNGs
+    for i in range(12):  # stands in for PPAP's generate_dataset.py output: unlabeled PNGs ...
         Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy()).save(gen / f"{i:06d}.png")
+    # ... beside its logger's files, and one image smaller than --image_size (ImageNet has such images).
+    (gen / "log.txt").write_text("Logging to generated\n12 images are saved.\n")
+    (gen / "progress.csv").write_text("step\n0\n")
+    Image.fromarray((torch.rand(6, 7, 3) * 255).byte().numpy()).save(gen / "000012.png")
     out = {"clean": clean, "gen": gen}
     init = ["--classifier_init", clean / "0_max1.ckpt"]
     out["finetune"] = train(root, "finetune", "finetune", 4, "--data_dir", "builtin:digits", *init)
@@ -54,6 +59,15 @@ def test_checkpoint_names_and_layouts(runs):
     student = add_lora(plain, "ResNet18", r=4, lora_alpha=4)
     check_state_dict_layout(plain, read_state_dict(str(runs["multi"] / "1_max2.ckpt")))
     check_state_dict_layout(student, read_state_dict(str(runs["ppap"] / "1_max2.ckpt")))
+
+
+def test_ppap_reads_a_generate_dataset_folder_and_upscales_small_images(runs):
+    """The logger's files beside the images are skipped, not refused, and the one 6x7 image of 13 is upscaled
+    by default for PPAP's methods, with the count in the run's log (ADM's methods still refuse it)."""
+    log = (runs["ppap"] / "log.txt").read_text()
+    assert "1 of 13 images are smaller than 8 px and are upscaled" in log
+    flags = json.loads((runs["ppap"] / "flags.json").read_text())
+    assert flags["allow_upscale"] is True and flags["lora_scale_convention"] == "released"
 
 
 def test_ppap_experts_change_only_their_trainable_part(runs):
@@ -115,6 +129,9 @@ def test_distillation_loss_is_the_class_averaged_kl_to_the_sharpened_teacher():
 
 
 def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
+    """3 experts of 100 steps (3 does not divide 100): PPAP's trainer floors the edges, int(i / n * T), and draws
+    t ~ U{lo, ..., hi - 1} for int(iterations / n) steps each. Without --classifier_init, finetune and
+    multi_experts start from random weights and say so."""
     from guided_diffusion.adm import diffusion as gd
     seen = []
     real = gd.GaussianDiffusion.q_sample
@@ -124,15 +141,38 @@ def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
         return real(self, x_start, t, noise)
 
     monkeypatch.setattr(gd.GaussianDiffusion, "q_sample", spy)
-    train(tmp_path, "m", "multi_experts", 6, "--n_experts", 2, "--data_dir", "builtin:digits")
-    first, second = torch.cat(seen[:3]), torch.cat(seen[3:])
-    assert first.min() >= 0 and first.max() < 50 and second.min() >= 50 and second.max() < 100
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        run = train(tmp_path, "m", "multi_experts", 7, "--n_experts", 3, "--data_dir", "builtin:digits")
+    edges = [int(i / 3 * 100) for i in range(4)]
+    assert edges == [0, 33, 66, 100] and len(seen) == 3 * int(7 / 3)
+    for i in range(3):
+        drawn = torch.cat(seen[2 * i:2 * i + 2])
+        assert drawn.min() >= edges[i] and drawn.max() < edges[i + 1], (i, drawn)
+    assert sorted(p.name for p in run.glob("?_max3.ckpt")) == ["0_max3.ckpt", "1_max3.ckpt", "2_max3.ckpt"]
+    assert "WARNING: --method multi_experts starts the ResNet18 from RANDOM weights" in (run / "log.txt").read_text()
+
+    # The three files load (their names and flags.json say 3 experts) and guide by PPAP's sampler rule:
+    # edges int(i * 100 / 3) = 0, 33, 66, 100 with closed ranges, the boundary going to the lower expert.
+    from guided_diffusion.ppap.guidance import load_guidance_classifier
+    paths = [str(run / f"{i}_max3.ckpt") for i in range(3)]
+    module = load_guidance_classifier("multi_experts", paths, classifier_name="ResNet18", num_classes=10,
+                                      total_steps=100, noise_schedule="linear")
+    nets = [build_classifier("ResNet18", p, num_classes=10).eval() for p in paths]
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        for t, i in ((0, 0), (33, 0), (34, 1), (66, 1), (67, 2), (99, 2)):
+            assert torch.equal(module(x, torch.full((2,), t)), nets[i](x)), t
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["--method", "multi_experts", "--n_experts", 3, "--data_dir", "builtin:digits"], ["n_experts=3", "divide"]),
+    (["--method", "multi_experts", "--n_experts", 101, "--data_dir", "builtin:digits"],
+     ["n_experts=101", "100 diffusion steps"]),
+    (["--method", "ppap", "--data_dir", "builtin:digits"],
+     ["--classifier_init", "ResNet18_Weights.IMAGENET1K_V1", "1000 classes, not 10"]),
+    (["--method", "ppap", "--data_dir", "builtin:digits", "--lora_scale_convention", "half"],
+     ["--lora_scale_convention", "released"]),
     (["--method", "finetune", "--classifier_name", "VGG11", "--data_dir", "builtin:digits"], ["VGG11"]),
-    (["--method", "ppap", "--data_dir", "EMPTY"], ["no image files"]),
+    (["--method", "ppap", "--data_dir", "EMPTY", "--classifier_init", "INIT"], ["no image files"]),
     (["--method", "multi_experts", "--expert_init", "random", "--data_dir", "builtin:digits"],
      ["--expert_init", "chained"]),
     (["--method", "ppap", "--data_dir", "builtin:digits", "--classifier_init", "nowhere.ckpt"],
@@ -140,7 +180,8 @@ def test_experts_draw_timesteps_inside_their_range(monkeypatch, tmp_path):
 ])
 def test_bad_input(tmp_path, capsys, extra, words):
     (tmp_path / "EMPTY").mkdir()
-    extra = [tmp_path / "EMPTY" if a == "EMPTY" else a for a in extra]
+    torch.save(build_classifier("ResNet18", num_classes=10).state_dict(), tmp_path / "init.pt")
+    extra = [{"EMPTY": tmp_path / "EMPTY", "INIT": tmp_path / "init.pt"}.get(a, a) for a in extra]
     with pytest.raises(SystemExit) as exc:  # the last --classifier_name wins
         run_cli(classifier_train.main, [str(a) for a in COMMON + ["--iterations", 2, "--log_path",
                                                                      tmp_path / "run"] + extra])
@@ -165,7 +206,8 @@ def test_an_expert_saves_into_its_save_dir_not_the_logger_folder(tmp_path):
     logger.configure(str(tmp_path / "log"), format_strs=["log"])
     diffusion = create_gaussian_diffusion(steps=100)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
-    trainer = NoisyClassifierTrainer(model=model, diffusion=diffusion, t_range=ExpertRanges(2, 100).ranges[1],
+    t_range = ExpertRanges(2, 100).training_ranges[1]
+    trainer = NoisyClassifierTrainer(model=model, diffusion=diffusion, t_range=t_range,
                                      expert=1, n_experts=2, state_fn=model.state_dict, data=data,
                                      batch_size=4, max_steps=2, save_interval=1, progress=False,
                                      save_dir=str(tmp_path / "ckpt"))
@@ -173,3 +215,21 @@ def test_an_expert_saves_into_its_save_dir_not_the_logger_folder(tmp_path):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["1_iteration1_max2.ckpt", "1_iteration2_max2.ckpt"]
     assert sorted(os.listdir(tmp_path / "log")) == ["log.txt"]
     logger.configure(str(tmp_path / "other"), format_strs=[])  # detach from tmp_path
+
+
+def test_keep_checkpoints_prunes_each_experts_intermediate_files(tmp_path):
+    """With keep_checkpoints 2, an expert keeps its 2 newest {i}_iteration{step}_max{n}.ckpt; other experts'
+    files, later steps (another run's) and the final {i}_max{n}.ckpt are left alone."""
+    from types import SimpleNamespace
+
+    from guided_diffusion.ppap.training import _ExpertTrainer
+
+    names = [f"1_iteration{s}_max5.ckpt" for s in (10, 20, 30, 40, 50)] + ["0_iteration10_max5.ckpt",
+                                                                          "1_max5.ckpt", "1_iteration10_max3.ckpt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    trainer = SimpleNamespace(expert=1, n_experts=5, save_dir=str(tmp_path), total_steps=40, keep_checkpoints=2)
+    _ExpertTrainer._prune_expert_files(trainer)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["1_iteration30_max5.ckpt", "1_iteration40_max5.ckpt", "1_iteration50_max5.ckpt",
+                           "0_iteration10_max5.ckpt", "1_max5.ckpt", "1_iteration10_max3.ckpt"])

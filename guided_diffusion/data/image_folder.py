@@ -11,6 +11,8 @@ import abc
 import math
 import operator
 import os
+import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +22,9 @@ from PIL import Image
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
 LABEL_SOURCES: tuple[str, ...] = ("prefix", "folder")
 DATA_DIR_HINT = "pass --data_dir with a folder of images, an .npz file, or builtin:digits"
+# The files ADM's / PPAP's logger writes into its run folder (rank suffix on other ranks): generate_dataset.py of
+# PPAP leaves them beside the images, so a data folder may hold them.
+LOG_FILE_PATTERN = re.compile(r"^(log(-rank\d+)?\.txt|progress(-rank\d+)?\.(csv|json))$")
 
 # What PIL raises for a file it cannot identify or decode; plugins differ, so all of these occur.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -44,13 +49,15 @@ def _has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1][1:].lower() in IMAGE_EXTENSIONS
 
 
-def _scan(data_dir: str) -> tuple[list[str], list[str]]:
-    """(image files, other files) under data_dir, recursively, each sorted; hidden entries skipped."""
+def _scan(data_dir: str) -> tuple[list[str], list[str], list[str]]:
+    """(image files, logger files, other files) under data_dir, recursively, each sorted; hidden entries
+    skipped."""
     if not os.path.exists(data_dir):
         raise DataError(f"data directory '{data_dir}' does not exist; {DATA_DIR_HINT}")
     if not os.path.isdir(data_dir):
         raise DataError(f"data directory '{data_dir}' is not a directory; {DATA_DIR_HINT}")
     images: list[str] = []
+    logs: list[str] = []
     others: list[str] = []
     for root, dirs, files in os.walk(data_dir):
         # Hidden folders (.git, .ipynb_checkpoints) hold tool state, never training data.
@@ -59,8 +66,11 @@ def _scan(data_dir: str) -> tuple[list[str], list[str]]:
             path = os.path.join(root, name)
             if name.startswith(".") or not os.path.isfile(path):
                 continue
-            (images if _has_image_extension(name) else others).append(path)
-    return sorted(images), sorted(others)
+            if _has_image_extension(name):
+                images.append(path)
+            else:
+                (logs if LOG_FILE_PATTERN.match(name) else others).append(path)
+    return sorted(images), sorted(logs), sorted(others)
 
 
 def list_image_files(data_dir: str) -> list[str]:
@@ -183,8 +193,10 @@ def _describe_paths(paths: Sequence[str], limit: int = 5) -> str:
 class ImageFolderDataset(BaseImageDataset):
     """The image files under ``data_dir`` (recursively), labelled by file-name prefix or parent folder.
 
-    The constructor checks what is cheap (the folder exists, holds images and nothing else); image sizes
-    and decodability are checked when an item is read, or for all files up front by ``validate()``.
+    The constructor checks what is cheap (the folder exists, holds images and nothing else but the logger's
+    ``log.txt`` / ``progress.csv``, which are skipped with one warning and listed in ``skipped_files``); image
+    sizes and decodability are checked when an item is read, or up front by ``validate()``. Images smaller
+    than ``image_size`` are an error unless ``allow_upscale``; ``validate`` counts them in ``num_small``.
     """
 
     def __init__(
@@ -202,7 +214,11 @@ class ImageFolderDataset(BaseImageDataset):
         self.random_crop = random_crop
         self.random_flip = random_flip
         self.allow_upscale = allow_upscale
-        images, others = _scan(self.data_dir)
+        images, logs, others = _scan(self.data_dir)
+        self.skipped_files: list[str] = logs
+        if logs:
+            warnings.warn(f"data directory '{self.data_dir}' holds log files beside the images, skipped: "
+                          f"{_describe_paths(logs)}", stacklevel=2)
         if others:
             raise DataError(
                 f"data directory '{self.data_dir}' contains files that are not images: "
@@ -215,6 +231,8 @@ class ImageFolderDataset(BaseImageDataset):
                 f"add images with one of the extensions {', '.join(IMAGE_EXTENSIONS)} (any case)"
             )
         self.paths: list[str] = images
+        self.num_checked = 0  # set by validate(): headers read, and how many of them are smaller than image_size
+        self.num_small = 0
         names = [_class_name(path, label_from) for path in images]
         self.class_names = sorted(set(names))
         index_of = {name: i for i, name in enumerate(self.class_names)}
@@ -238,12 +256,14 @@ class ImageFolderDataset(BaseImageDataset):
         )
 
     def validate(self, max_files: int | None = None) -> int:
-        """Open the header of every file (or the first max_files) and size-check it; returns the count.
+        """Open the header of every file (or the first max_files) and size-check it; returns the count and
+        records it in ``num_checked``, with how many of those are smaller than image_size in ``num_small``.
 
         Headers only: fast, and catches wrong sizes and files that are not images at all, though not a
         truncated body (that surfaces when the item is read).
         """
         paths = self.paths if max_files is None else self.paths[:max_files]
+        small = 0
         for path in paths:
             try:
                 with Image.open(path) as img:
@@ -251,6 +271,8 @@ class ImageFolderDataset(BaseImageDataset):
             except _DECODE_ERRORS as error:
                 raise self._unreadable(path, error) from error
             self._check_size(path, size)
+            small += min(size) < self.image_size
+        self.num_checked, self.num_small = len(paths), small
         return len(paths)
 
     def _load(self, index: int, rng: np.random.Generator) -> np.ndarray:

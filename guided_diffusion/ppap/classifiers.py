@@ -8,17 +8,20 @@ Layouts (see ``shared/fixtures/ppap/ppap_key_manifest.json``):
   and conv2 of every block; DeiT under ``deit.classifier.`` with :class:`LoRALinear` on attn.qkv and
   attn.proj.
 
+A DeiT state dict in timm's own layout (``cls_token``, ``blocks.*``: what ``timm.create_model(...).state_dict()``
+gives) is read as the finetune layout, i.e. under ``classifier.``.
+
 Input conventions follow the released training code: finetune and multi-experts nets and the ResNet students
 see raw x_t in [-1, 1]; the DeiT student ImageNet-normalises internally; only the PPAP teacher is fed
 ``imagenet_normalize(x0)`` by the caller. No weights are ever downloaded: pretrained weights come from a
-local ``init_path``.
+local ``init_path``, or from the file torchvision / timm keep in their local cache (:func:`find_library_weights`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from typing import Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +35,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # "released": what the published PPAP checkpoints need, i.e. alpha/r on convs and 1 on linears (see lora.py).
 ADD_LORA_CONVENTIONS = ("released", "alpha_over_r", "unit")
+# The ImageNet weights PPAP's create_pretrained_classifier downloads, by library and version.
+LIBRARY_WEIGHTS = {
+    "ResNet18": "torchvision ResNet18_Weights.IMAGENET1K_V1",
+    "ResNet50": "torchvision ResNet50_Weights.IMAGENET1K_V2",
+    "ResNet152": "torchvision ResNet152_Weights.IMAGENET1K_V2",
+    "DEIT": "timm deit_small_patch16_224 (pretrained=True, the fb_in1k weights)",
+}
+# The file names those weights have in torchvision's cache (<torch hub dir>/checkpoints/) ...
+_HUB_FILES = {"ResNet18": "resnet18-f37072fd.pth", "ResNet50": "resnet50-11ad3fa6.pth",
+              "ResNet152": "resnet152-f82ba261.pth", "DEIT": "deit_small_patch16_224-cd65a155.pth"}
+# ... and, for timm >= 0.9, in the Hugging Face hub cache.
+_HF_DEIT = ("timm/deit_small_patch16_224.fb_in1k", ("model.safetensors", "pytorch_model.bin"))
 
 
 def canonical_classifier_name(name: str) -> str:
@@ -79,13 +94,82 @@ def _build_bare(name: str, num_classes: int) -> nn.Module:
 
 def build_classifier(name: str, init_path: Optional[str] = None, num_classes: int = 1000) -> nn.Module:
     """An off-the-shelf classifier ("ResNet18", "ResNet50", "ResNet152" or "DEIT"), randomly initialised or
-    loaded strictly from a local state dict in the finetune layout (torchvision keys / ``classifier.``).
-    ``num_classes`` other than ImageNet's 1000 serves small benchmarks (e.g. the 10 digits)."""
+    loaded strictly from a local weights file (:func:`read_weights_file`) in the finetune layout (torchvision
+    keys; DeiT under ``classifier.`` or in timm's own layout). ``num_classes`` other than ImageNet's 1000 serves
+    small benchmarks (e.g. the 10 digits)."""
     name = canonical_classifier_name(name)
     model = _build_bare(name, num_classes)
     if init_path:
-        load_classifier_state_dict(model, read_state_dict(init_path), what=f"{name} init_path {init_path}")
+        load_classifier_state_dict(model, read_weights_file(init_path), what=f"{name} init_path {init_path}")
     return model
+
+
+def _hf_cache_folder() -> Optional[str]:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client installed: only torch's cache can hold the weights
+        return None
+    return os.path.join(constants.HF_HUB_CACHE, "models--" + _HF_DEIT[0].replace("/", "--"))
+
+
+def library_weight_places(name: str) -> List[str]:
+    """Where torchvision / timm keep ``LIBRARY_WEIGHTS[name]`` locally: ``<torch hub dir>/checkpoints/<file>``
+    (``$TORCH_HOME``), and for DeiT also timm's (>= 0.9) Hugging Face hub cache folder (``$HF_HUB_CACHE``)."""
+    name = canonical_classifier_name(name)
+    places = [os.path.join(torch.hub.get_dir(), "checkpoints", _HUB_FILES[name])]
+    if name == "DEIT" and _hf_cache_folder():
+        places.append(_hf_cache_folder())
+    return places
+
+
+def find_library_weights(name: str) -> Optional[str]:
+    """The cached file of the library's ImageNet weights for ``name``, or None; never downloads."""
+    name = canonical_classifier_name(name)
+    hub_file = library_weight_places(name)[0]
+    if os.path.isfile(hub_file):
+        return hub_file
+    folder = _hf_cache_folder() if name == "DEIT" else None
+    ref = os.path.join(folder, "refs", "main") if folder else ""
+    if ref and os.path.isfile(ref):
+        with open(ref) as fh:
+            snapshot = os.path.join(folder, "snapshots", fh.read().strip())
+        return next((os.path.join(snapshot, f) for f in _HF_DEIT[1] if os.path.isfile(os.path.join(snapshot, f))),
+                    None)
+    return None
+
+
+def resolve_init_weights(name: str, init_path: str = "", num_classes: int = 1000) -> Tuple[Optional[str], str]:
+    """(weights file, where it comes from) for an off-the-shelf classifier: ``init_path`` when given (it must
+    exist), else the library's cached ImageNet weights (1000 classes only), else (None, why not)."""
+    name = canonical_classifier_name(name)
+    if init_path:
+        if not os.path.isfile(init_path):
+            raise FileNotFoundError(f"--classifier_init {init_path!r} does not exist; pass the off-the-shelf "
+                                    "classifier's weights (a state dict)")
+        return init_path, f"--classifier_init {init_path}"
+    if num_classes != 1000:
+        return None, (f"no --classifier_init, and the library's ImageNet weights have 1000 classes, not "
+                      f"{num_classes}")
+    found = find_library_weights(name)
+    if found:
+        return found, f"{LIBRARY_WEIGHTS[name]} from the local cache ({found})"
+    return None, (f"no --classifier_init, and {LIBRARY_WEIGHTS[name]} is not in the local cache "
+                  f"({' or '.join(library_weight_places(name))})")
+
+
+def read_weights_file(path: str) -> Dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a weights-only torch file; a file holding one ``model`` or
+    ``state_dict`` entry (DeiT's own release, Lightning) is unwrapped."""
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        from safetensors.torch import load_file
+        return dict(load_file(path, device="cpu"))
+    state = read_state_dict(path)
+    for key in ("model", "state_dict"):
+        if isinstance(state.get(key), Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            return dict(state[key])
+    return state
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -215,6 +299,10 @@ class CheckpointLayoutError(ValueError):
     """A state dict whose keys or shapes do not fit the model (raised before anything is loaded)."""
 
 
+def _is_timm_vit(keys: Iterable[str]) -> bool:
+    return any(k == "cls_token" or k.startswith("blocks.") for k in keys)
+
+
 def describe_layout(keys: Iterable[str]) -> str:
     """A short human description of which released layout a set of state-dict keys follows."""
     keys = list(keys)
@@ -230,7 +318,20 @@ def describe_layout(keys: Iterable[str]) -> str:
         return "a finetune/multi_experts DeiT (keys under 'classifier.')"
     if lora:
         return "a model with LoRA factors but no known prefix"
-    return "a finetune/multi_experts ResNet (plain torchvision keys)"
+    if _is_timm_vit(keys):
+        return "an off-the-shelf DeiT in timm's own layout (keys 'cls_token', 'blocks.*')"
+    if any(k.startswith(("conv1.", "layer1.", "fc.")) for k in keys):
+        return "a finetune/multi_experts ResNet (plain torchvision keys)"
+    return f"a state dict of unknown layout (keys {_preview(keys, 3)})"
+
+
+def to_model_layout(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` keyed as ``model`` expects: a DeiT in timm's own layout goes under ``classifier.`` for
+    :class:`ModelWithResize`; anything else is returned unchanged (and checked strictly by the caller)."""
+    if isinstance(model, ModelWithResize) and _is_timm_vit(state_dict) and \
+            not any(k.startswith("classifier.") for k in state_dict):
+        return {f"classifier.{k}": v for k, v in state_dict.items()}
+    return state_dict
 
 
 def _preview(keys: List[str], limit: int = 6) -> str:
@@ -266,6 +367,7 @@ def check_state_dict_layout(model: nn.Module, state_dict: Mapping[str, torch.Ten
 def load_classifier_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                                what: str = "checkpoint") -> None:
     """Strict load with errors naming the offending keys (PPAP's own loader used strict=False and could
-    silently guide with the untouched off-the-shelf net)."""
+    silently guide with the untouched off-the-shelf net). A DeiT may come in timm's own layout."""
+    state_dict = to_model_layout(model, state_dict)
     check_state_dict_layout(model, state_dict, what)
     model.load_state_dict(state_dict, strict=True)

@@ -1,14 +1,20 @@
 """Timestep experts: which classifier guides which diffusion step, and sets of experts that share weights.
 
-Routing rule (decided once, used for training and sampling): the n experts own the half-open ranges
-``[int(i*T/n), int((i+1)*T/n))`` of *original* train indices (``TimestepRange.split``), and a step t goes to
-the range with ``lo <= t < hi``. That is the range the expert was trained on (training draws t ~ U[lo, hi)),
-so t = 200 goes to expert 1 of 5. PPAP's own sampler used closed ranges and sent boundary steps to the
-lower expert, a train/sample mismatch we do not copy. Respaced samplers must pass the original index
-(``diffusion.timestep_map``), never the respaced one.
+n experts split the T original train indices. Two routing rules decide which expert guides a step t (always an
+*original* train index: respaced samplers pass ``diffusion.timestep_map[i]``; guides on another model family
+pass the equivalent, possibly fractional, train index of the experts' schedule):
 
-n must divide T (1000 % n == 0) so every expert covers the same number of steps, which is what splitting
-the iterations evenly between experts assumes.
+- ``"original"`` (default): PPAP's released sampler (``MultiExpertWrapper.step_to_classifier_index``). With
+  edges ``e_i = int(i * T / n)`` it picks the first i with ``e_i <= t <= e_{i+1}``. Evaluated as written for
+  any real t, expert 0 owns [e_0, e_1] and expert i > 0 owns (e_i, e_{i+1}], so a boundary step (t = 200 of
+  5 experts) goes to the lower expert and a fractional t goes where ceil(t) goes. Released checkpoints
+  reproduce the paper's samples only under this rule (with ddim25 the experts 0..4 guide 6/5/5/5/4 steps).
+- ``"training"``: the half-open range ``[lo_i, hi_i)`` the expert was trained on (its timesteps are drawn
+  t ~ U{lo_i, ..., hi_i - 1}), so t = 200 goes to expert 1 and a fractional t goes where floor(t) goes.
+
+Training ranges use PPAP's trainer's own expression ``lo_i = int(i / n * T)``; for some (T, n) its float
+rounding differs from the sampler's ``int(i * T / n)`` (never for T = 1000), and each rule keeps its own.
+n need not divide T: the ranges are floored (n = 3 of 1000: [0, 333), [333, 666), [666, 1000)).
 """
 
 from __future__ import annotations
@@ -25,40 +31,78 @@ from .classifiers import ppap_trainable_names
 from .lora import lora_layers
 
 TimestepLike = Union[int, float, torch.Tensor, NoiseLevel]
+ROUTING_RULES = ("original", "training")
+
+
+def original_edges(n_experts: int, total_steps: int = 1000) -> List[int]:
+    """The routing edges of PPAP's sampler: ``[int(i * T / n) for i in 0..n]``."""
+    return [int(i * total_steps / n_experts) for i in range(n_experts + 1)]
+
+
+def training_edges(n_experts: int, total_steps: int = 1000) -> List[int]:
+    """The range edges of PPAP's trainer: ``[int(i / n * T) for i in 0..n]`` (its float order of operations)."""
+    return [int(i / n_experts * total_steps) for i in range(n_experts + 1)]
+
+
+def check_routing(routing: str) -> str:
+    if routing not in ROUTING_RULES:
+        raise ValueError(f"unknown expert routing {routing!r}; choose one of {', '.join(ROUTING_RULES)} "
+                         "(original: PPAP's released sampler, boundary steps to the lower expert; training: "
+                         "the half-open range each expert was trained on)")
+    return routing
 
 
 class ExpertRanges:
-    """The n half-open train-index ranges of n timestep experts over ``total_steps`` steps."""
+    """The train-index ranges of n timestep experts over ``total_steps`` steps, routed by ``routing``.
 
-    def __init__(self, n_experts: int, total_steps: int = 1000):
+    ``ranges`` are the routing ranges (what :meth:`index` tests), ``training_ranges`` the half-open ranges the
+    experts are trained on; both are :class:`TimestepRange` in train-index units.
+    """
+
+    def __init__(self, n_experts: int, total_steps: int = 1000, routing: str = "original"):
         if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
             raise ValueError(f"n_experts must be a positive integer, got {n_experts!r}")
-        if total_steps % n_experts != 0:
-            valid = [d for d in range(1, total_steps + 1) if total_steps % d == 0]
-            raise ValueError(f"n_experts={n_experts} does not divide the {total_steps} diffusion steps into "
-                             f"equal ranges; choose one of {valid}")
+        if n_experts > total_steps:
+            raise ValueError(f"n_experts={n_experts} is more than the {total_steps} diffusion steps; every "
+                             "expert needs at least one step")
         self.n_experts = n_experts
         self.total_steps = total_steps
-        self.ranges: List[TimestepRange] = TimestepRange.split(n_experts, total_steps, TimeUnit.TRAIN_INDEX)
+        self.routing = check_routing(routing)
+        lo_hi = training_edges(n_experts, total_steps)
+        empty = [i for i in range(n_experts) if lo_hi[i + 1] <= lo_hi[i]]
+        if empty:  # float rounding of int(i / n * T) when n is close to T
+            raise ValueError(f"n_experts={n_experts} leaves expert(s) {empty} no training step of the "
+                             f"{total_steps}; use fewer experts")
+        self.training_ranges: List[TimestepRange] = [TimestepRange(lo_hi[i], lo_hi[i + 1], TimeUnit.TRAIN_INDEX)
+                                                     for i in range(n_experts)]
+        if routing == "training":
+            self.ranges: List[TimestepRange] = self.training_ranges
+            self._edges = lo_hi
+        else:
+            e = original_edges(n_experts, total_steps)
+            self._edges = e
+            self.ranges = [TimestepRange(e[i], e[i + 1], TimeUnit.TRAIN_INDEX, closed="both" if i == 0 else "right")
+                           for i in range(n_experts)]
 
     def __len__(self) -> int:
         return self.n_experts
 
     @property
     def edges(self) -> List[int]:
-        """[lo_0, lo_1, ..., hi_last], e.g. [0, 200, 400, 600, 800, 1000] for 5 experts."""
-        return [int(r.lo) for r in self.ranges] + [int(self.ranges[-1].hi)]
+        """The routing edges [e_0, ..., e_n], e.g. [0, 200, 400, 600, 800, 1000] for 5 experts."""
+        return list(self._edges)
 
     def indices(self, t: Union[int, float, torch.Tensor, Sequence[int]]) -> torch.Tensor:
-        """The expert of every original train index in ``t`` (long tensor, flattened)."""
+        """The expert of every (possibly fractional) original train index in ``t`` (long tensor, flattened)."""
         values = torch.as_tensor(t).reshape(-1)
         out = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
         for i, r in enumerate(self.ranges):
             out[r.contains(values)] = i
         if bool((out < 0).any()):
             bad = values[out < 0].tolist()
-            raise ValueError(f"timesteps {bad} are outside [0, {self.total_steps}): experts take original "
-                             "train indices (map respaced steps through diffusion.timestep_map)")
+            span = f"[0, {self.total_steps}" + ("]" if self.routing == "original" else ")")
+            raise ValueError(f"timesteps {bad} are outside {span}: experts take original train indices (map "
+                             "respaced steps through diffusion.timestep_map)")
         return out
 
     def index(self, t: TimestepLike) -> int:
@@ -75,17 +119,17 @@ class ExpertRanges:
                              "route samples of different expert ranges separately")
         return int(first)
 
-    def assign(self, timesteps: Iterable[int]) -> Dict[int, List[int]]:
+    def assign(self, timesteps: Iterable[float]) -> Dict[int, List[float]]:
         """{expert: the timesteps it guides, in the given order} (every expert present, maybe empty)."""
-        steps = [int(t) for t in timesteps]
-        out: Dict[int, List[int]] = {i: [] for i in range(self.n_experts)}
+        steps = list(timesteps)
+        out: Dict[int, List[float]] = {i: [] for i in range(self.n_experts)}
         if steps:
-            for t, i in zip(steps, self.indices(steps).tolist()):
+            for t, i in zip(steps, self.indices(torch.as_tensor(steps)).tolist()):
                 out[i].append(t)
         return out
 
     def __repr__(self) -> str:
-        return f"ExpertRanges({', '.join(str(r) for r in self.ranges)})"
+        return f"ExpertRanges({', '.join(str(r) for r in self.ranges)}; routing={self.routing})"
 
 
 def unique_storage_bytes(module: nn.Module) -> int:
@@ -126,18 +170,20 @@ class LoRAExpertSet(nn.Module):
     statistics and counters (the student trained in train mode, so they differ per expert). Everything else
     is stored once, frozen. :meth:`select` re-points the student's parameter and buffer slots at the chosen
     expert's tensors by reference, so switching copies nothing and optimisers see each expert's own
-    Parameter objects. New experts start as copies of the student's current per-expert tensors.
+    Parameter objects. New experts start as copies of the student's current per-expert tensors. ``routing``
+    picks the expert of a step (:class:`ExpertRanges`).
     """
 
     def __init__(self, student: nn.Module, name: Optional[str] = None, n_experts: int = 5,
-                 total_steps: int = 1000, per_expert_params: Optional[Sequence[str]] = None):
+                 total_steps: int = 1000, per_expert_params: Optional[Sequence[str]] = None,
+                 routing: str = "original"):
         super().__init__()
         name = name or getattr(student, "classifier_name", None)
         if name is None and per_expert_params is None:
             raise ValueError("pass the classifier name (or per_expert_params) to know what each expert owns")
         for _, layer in lora_layers(student):
             layer.unmerge()
-        self.ranges = ExpertRanges(n_experts, total_steps)
+        self.ranges = ExpertRanges(n_experts, total_steps, routing)
         self.backbone = student
         params = dict(student.named_parameters())
         param_names = list(per_expert_params) if per_expert_params is not None \
@@ -201,7 +247,7 @@ class LoRAExpertSet(nn.Module):
         return self.ranges.index(t)
 
     def forward(self, x: torch.Tensor, t: TimestepLike) -> torch.Tensor:
-        """Logits of the expert that owns original train index t (one range per batch)."""
+        """Logits of the expert that guides original train index t (one expert per batch)."""
         self.select(self.ranges.index(t))
         return self.backbone(x)
 
@@ -251,19 +297,21 @@ class LoRAExpertSet(nn.Module):
 
 
 class FullExpertSet(nn.Module):
-    """n complete classifiers, one per range (PPAP's finetune (n=1) and multi_experts methods)."""
+    """n complete classifiers, one per range (PPAP's finetune (n=1) and multi_experts methods), routed by
+    ``routing`` (:class:`ExpertRanges`)."""
 
-    def __init__(self, models: Sequence[nn.Module], total_steps: int = 1000):
+    def __init__(self, models: Sequence[nn.Module], total_steps: int = 1000, routing: str = "original"):
         super().__init__()
-        self.ranges = ExpertRanges(len(models), total_steps)
+        self.ranges = ExpertRanges(len(models), total_steps, routing)
         self.experts = nn.ModuleList(models)
 
     @classmethod
-    def build(cls, name: str, n_experts: int = 5, total_steps: int = 1000,
-              num_classes: int = 1000) -> "FullExpertSet":
+    def build(cls, name: str, n_experts: int = 5, total_steps: int = 1000, num_classes: int = 1000,
+              routing: str = "original") -> "FullExpertSet":
         """n freshly built off-the-shelf classifiers (load weights with :meth:`load_expert_state_dicts`)."""
-        ExpertRanges(n_experts, total_steps)  # fail before building n networks
-        return cls([build_classifier(name, num_classes=num_classes) for _ in range(n_experts)], total_steps)
+        ExpertRanges(n_experts, total_steps, routing)  # fail before building n networks
+        return cls([build_classifier(name, num_classes=num_classes) for _ in range(n_experts)], total_steps,
+                   routing)
 
     @property
     def n_experts(self) -> int:

@@ -2,15 +2,20 @@
 ``classifier_cond_fn``.
 
 - ``naive``: the off-the-shelf classifier fed ``imagenet_normalize(x_t)`` (the teacher's input convention),
-  t ignored. Its weights are a finetune-layout state dict (e.g. a ``--method clean`` run) or none at all.
+  t ignored. Its weights are a finetune-layout state dict (e.g. a ``--method clean`` run; a DeiT also in timm's
+  own layout), else the library's cached ImageNet weights, else random weights (with a warning).
 - ``finetune``: one classifier fine-tuned on noisy images, fed raw x_t.
 - ``multi_experts``: one full classifier per timestep range (:class:`FullExpertSet`), fed raw x_t.
 - ``ppap``: LoRA experts sharing one frozen student (:class:`LoRAExpertSet`).
 
 The experts are routed by the *original* train index t (what ``classifier_cond_fn`` receives under
-respacing). PPAP's sampler loaded with ``strict=False``, so a checkpoint of another method, classifier or
-rank left the network untouched and it silently guided with the off-the-shelf weights; here every such
-mismatch is an error naming the flag to change, raised before any weight is loaded.
+respacing; fractional off the experts' schedule's grid), with PPAP's released rule by default
+(``expert_routing="original"``: boundary steps go to the lower expert) or the training ranges
+(``"training"``); see :mod:`guided_diffusion.ppap.experts`.
+
+PPAP's sampler loaded with ``strict=False``, so a checkpoint of another method, classifier or rank left the
+network untouched and it silently guided with the off-the-shelf weights; here every such mismatch is an error
+naming the flag to change, raised before any weight is loaded.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import torch.nn as nn
 
 from ..flags import read_flags_beside
 from .classifiers import (CheckpointLayoutError, add_lora, build_classifier, canonical_classifier_name,
-                          check_state_dict_layout, describe_layout, imagenet_normalize, read_state_dict)
-from .experts import ExpertRanges, FullExpertSet, LoRAExpertSet
+                          check_state_dict_layout, describe_layout, imagenet_normalize, load_classifier_state_dict,
+                          read_state_dict, read_weights_file, resolve_init_weights)
+from .experts import ExpertRanges, FullExpertSet, LoRAExpertSet, check_routing
 from .lora import merge_lora
 
 METHODS = ("naive", "finetune", "multi_experts", "ppap")
@@ -191,22 +197,25 @@ def load_guidance_classifier(method: str, paths: Sequence[str], *, classifier_na
                              n_experts: Optional[int] = None, gamma: int = 16, lora_alpha: float = 8,
                              num_classes: int = 1000, scale_convention: Optional[str] = None,
                              total_steps: int = 1000, noise_schedule: Optional[str] = None,
+                             expert_routing: str = "original",
                              device: Union[str, torch.device] = "cpu") -> nn.Module:
     """A frozen eval-mode module ``(x, t) -> logits`` guiding with ``method`` from the checkpoints ``paths``.
 
     ``t`` must be the original train index of a ``total_steps``-step diffusion (the experts' ranges split
     it). ``scale_convention`` (ppap): None takes ``lora_scale_convention`` from the flags.json beside the
-    first path, else "released" (published checkpoints). Every flags.json beside a path is checked against
-    the arguments (method, classifier, classes, rank, alpha, convention, experts, diffusion), and every state
-    dict against the model, before anything is loaded.
+    first path, else "released" (published checkpoints). ``expert_routing`` ("original" or "training", see
+    :class:`~guided_diffusion.ppap.experts.ExpertRanges`) picks the expert of each step. Every flags.json beside
+    a path is checked against the arguments (method, classifier, classes, rank, alpha, convention, experts,
+    diffusion), and every state dict against the model, before anything is loaded.
     """
     if method not in METHODS:
         raise ValueError(f"unknown guidance method {method!r}; choose one of {METHODS}")
+    check_routing(expert_routing)
     paths = [str(p) for p in paths]
     name = canonical_classifier_name(classifier_name)
     n = _expert_count(method, paths, n_experts)
     if method != "naive":
-        ExpertRanges(n, total_steps)  # n must split the steps evenly: fail before reading anything
+        ExpertRanges(n, total_steps, expert_routing)  # fail on an impossible split before reading anything
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"classifier checkpoint(s) not found: {', '.join(missing)}")
@@ -226,11 +235,12 @@ def load_guidance_classifier(method: str, paths: Sequence[str], *, classifier_na
             _check_flags(path, flags, method, expected)
     if method != "naive":
         _check_expert_files(paths, method, n)
-    state_dicts = [read_state_dict(p) for p in paths]
+    # naive takes off-the-shelf weight files too (safetensors, DeiT's {"model": ...} release).
+    state_dicts = [(read_weights_file if method == "naive" else read_state_dict)(p) for p in paths]
     for path, sd in zip(paths, state_dicts):
         _check_checkpoint(path, sd, method, name, num_classes)
     module = _build(method, paths, state_dicts, name, n, gamma, lora_alpha, num_classes, scale_convention,
-                    total_steps)
+                    total_steps, expert_routing)
     module.to(device).eval()
     # Only the gradient with respect to x_t is needed: no parameter gradients are computed or stored.
     for p in module.parameters():
@@ -246,24 +256,28 @@ def load_guidance_classifier(method: str, paths: Sequence[str], *, classifier_na
 
 def _build(method: str, paths: List[str], state_dicts: List[Dict[str, torch.Tensor]], name: str, n: int,
            gamma: int, lora_alpha: float, num_classes: int, scale_convention: Optional[str],
-           total_steps: int) -> nn.Module:
+           total_steps: int, routing: str) -> nn.Module:
     if method == "naive":
-        classifier = build_classifier(name, num_classes=num_classes)
         if paths:
+            classifier = build_classifier(name, num_classes=num_classes)
             _strict(lambda: _load_full(classifier, paths[0], state_dicts[0]), name, num_classes)
+            return NaiveGuidance(classifier)
+        cached, source = resolve_init_weights(name, "", num_classes)
+        if cached is None:
+            warnings.warn(f"naive guidance without --classifier_path: the {name} is randomly initialised "
+                          f"({source}), so its gradient is noise (pass its weights to guide)", stacklevel=3)
         else:
-            warnings.warn(f"naive guidance without --classifier_path: the {name} is randomly initialised, "
-                          "so its gradient is noise (pass its weights to guide)", stacklevel=3)
-        return NaiveGuidance(classifier)
+            print(f"naive guidance with {source}")
+        return NaiveGuidance(build_classifier(name, cached, num_classes=num_classes))
     if method in ("finetune", "multi_experts"):
         experts = FullExpertSet([build_classifier(name, num_classes=num_classes) for _ in range(n)],
-                                total_steps)
+                                total_steps, routing)
         for model, path, sd in zip(experts.experts, paths, state_dicts):
             _strict(lambda m=model, p=path, s=sd: _load_full(m, p, s), name, num_classes)
         return experts
     student = add_lora(build_classifier(name, num_classes=num_classes), name, r=int(gamma),
                        lora_alpha=float(lora_alpha), scale_convention=scale_convention, inplace=True)
-    experts = LoRAExpertSet(student, name, n_experts=n, total_steps=total_steps)
+    experts = LoRAExpertSet(student, name, n_experts=n, total_steps=total_steps, routing=routing)
     for path, sd in zip(paths, state_dicts):
         # Rank mismatches surface here as a ValueError naming both ranks (check_lora_ranks).
         _strict(lambda s=sd, p=path: check_state_dict_layout(student, s, what=f"checkpoint {p}"), name,
@@ -273,8 +287,7 @@ def _build(method: str, paths: List[str], state_dicts: List[Dict[str, torch.Tens
 
 
 def _load_full(model: nn.Module, path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
-    check_state_dict_layout(model, state_dict, what=f"checkpoint {path}")
-    model.load_state_dict(state_dict, strict=True)
+    load_classifier_state_dict(model, state_dict, what=f"checkpoint {path}")
 
 
 __all__ = ["METHODS", "PAPER_CLASSIFIER_SCALE", "NaiveGuidance", "checkpoint_num_classes", "expert_position",

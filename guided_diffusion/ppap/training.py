@@ -8,6 +8,11 @@
 - ``clean``: an ordinary classifier on clean images with ImageNet-normalised input, i.e. an
   "off-the-shelf" classifier for a dataset that has none (the teacher, and the naive baseline).
 
+Starting weights: ``init_path``, else the library's ImageNet weights from its local cache
+(:func:`~guided_diffusion.ppap.classifiers.resolve_init_weights`). ppap refuses to run without them (a random
+teacher teaches nothing); finetune and multi_experts then start from random weights with a warning; clean
+starts from random weights by design.
+
 The networks never see t: it only picks the expert. Students take raw x_t in [-1, 1] (the DeiT student
 normalises inside); the teacher sees normalize((x0 + 1) / 2). ``expert_init="chained"`` (PPAP's order)
 starts expert i from expert i-1's trained weights, a curriculum from clean to pure noise in which the
@@ -15,6 +20,8 @@ high-noise experts inherit what the lower ones learned; the optimiser restarts f
 its state). ``"pretrained"`` starts every expert from the off-the-shelf weights, which makes each expert
 independent of the others. Checkpoints use the released names and layouts:
 ``{i}_iteration{step}_max{n}.ckpt`` every ``save_interval`` steps and ``{i}_max{n}.ckpt`` at the end.
+Expert i trains on PPAP's half-open range ``ExpertRanges(n, T).training_ranges[i]`` for ``int(iterations / n)``
+steps; n need not divide T.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from typing import Callable, Dict, Iterator, List, Optional
+import re
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,7 +42,8 @@ from ..timesteps import TimestepRange
 from ..train import Trainer, atomic_save
 from ..train.loop import logger_dir
 from ..train.objective import Draws, Objective, StepRandom, accuracy
-from .classifiers import add_lora, build_classifier, freeze_for_ppap, imagenet_normalize
+from .classifiers import (LIBRARY_WEIGHTS, add_lora, build_classifier, canonical_classifier_name, freeze_for_ppap,
+                          imagenet_normalize, resolve_init_weights)
 from .experts import ExpertRanges, LoRAExpertSet
 
 METHODS = ("finetune", "multi_experts", "ppap", "clean")
@@ -122,10 +132,24 @@ class _ExpertTrainer(Trainer):
         super().__init__(**kwargs)
 
     def save(self) -> None:
+        """``{i}_iteration{step}_max{n}.ckpt``; with ``keep_checkpoints`` N only this expert's newest N such
+        files stay (the final ``{i}_max{n}.ckpt`` files are never pruned)."""
         if self.rank == 0:
             name = expert_checkpoint_name(self.expert, self.n_experts, self.total_steps)
             atomic_save(self.state_fn(), os.path.join(self.save_dir, name))
+            if self.keep_checkpoints:
+                self._prune_expert_files()
         dist_util.barrier()
+
+    def _prune_expert_files(self) -> None:
+        pattern = re.compile(rf"{self.expert}_iteration(\d+)_max{self.n_experts}\.ckpt")
+        steps = sorted((int(m.group(1)), name) for name in os.listdir(self.save_dir)
+                       for m in [pattern.fullmatch(name)] if m and int(m.group(1)) <= self.total_steps)
+        for _, name in steps[:-self.keep_checkpoints]:
+            try:
+                os.remove(os.path.join(self.save_dir, name))
+            except OSError:
+                pass  # gone already, or held open elsewhere: the next save retries
 
 
 class NoisyClassifierTrainer(_ExpertTrainer):
@@ -146,15 +170,36 @@ def trainable_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def starting_weights(method: str, classifier_name: str, init_path: str = "",
+                     num_classes: int = 1000) -> Tuple[Optional[str], str]:
+    """(weights file or None, a description for the log) of the classifier a training method starts from.
+
+    Raises ValueError for ``ppap`` without real weights: it distils from the off-the-shelf classifier, and a
+    random teacher would make every expert learn noise while the run looks normal.
+    """
+    name = canonical_classifier_name(classifier_name)
+    path, source = resolve_init_weights(name, init_path, num_classes)
+    if path is not None:
+        return path, source
+    if method == "ppap":
+        raise ValueError(f"--method ppap distils the off-the-shelf {name} and needs its real weights ({source}). "
+                         f"Pass --classifier_init PATH, a state dict of the classifier to distil (PPAP's: "
+                         f"{LIBRARY_WEIGHTS[name]}), or put those weights in torchvision's / timm's cache")
+    return None, f"RANDOM weights ({source})"
+
+
 def train_experts(*, method: str, classifier_name: str, diffusion, data: Callable[[int], Iterator],
                   n_experts: int, iterations: int, num_classes: int, init_path: str = "",
-                  gamma: int = 16, lora_alpha: float = 8.0, scale_convention: str = "alpha_over_r",
+                  gamma: int = 16, lora_alpha: float = 8.0, scale_convention: str = "released",
                   anneal_lr: bool = False, expert_init: str = "chained", save_dir: Optional[str] = None,
                   trainer_kwargs: Optional[dict] = None) -> List[str]:
     """Train every expert in turn (skipping those whose final checkpoint exists) and return their paths.
 
     ``expert_init``: "chained" starts expert i from expert i-1 (from its checkpoint when a rerun skipped it),
-    "pretrained" from the off-the-shelf weights. Checkpoints go to ``save_dir`` (None: the logger's folder).
+    "pretrained" from the off-the-shelf weights (:func:`starting_weights`: ``init_path`` or the library's cached
+    ImageNet weights; ppap raises without them, finetune and multi_experts warn and start from random weights).
+    ``scale_convention``: the LoRA scale of the ppap student (``add_lora``; "released" trains what PPAP's
+    released code trains and loads). Checkpoints go to ``save_dir`` (None: the logger's folder).
 
     ``data(start_step)`` yields (x0, cond) batches; ``trainer_kwargs`` go to each expert's Trainer (lr,
     batch_size, microbatch, save_interval, log_interval, seed, use_bf16, weight_decay, progress).
@@ -165,11 +210,18 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
         raise ValueError(f"unknown expert_init {expert_init!r}; choose one of {', '.join(EXPERT_INITS)}")
     n_experts = 1 if method in ("finetune", "clean") else n_experts
     ranges = ExpertRanges(n_experts, diffusion.num_timesteps)
-    per_expert = iterations // n_experts
+    per_expert = int(iterations / n_experts)  # PPAP's split; the remainder is not trained
     if per_expert < 1:
         raise ValueError(f"--iterations {iterations} gives no step to each of the {n_experts} experts")
+    init, init_source = starting_weights(method, classifier_name, init_path, num_classes)
+    if init is None and method != "clean":
+        message = (f"--method {method} starts the {canonical_classifier_name(classifier_name)} from "
+                   f"{init_source}, not from off-the-shelf weights; pass --classifier_init PATH to fine-tune "
+                   "a pretrained classifier as PPAP does")
+        warnings.warn(message, stacklevel=2)
+        logger.log("WARNING: " + message)
     device = dist_util.dev()
-    base = build_classifier(classifier_name, init_path or None, num_classes=num_classes).to(device)
+    base = build_classifier(classifier_name, init, num_classes=num_classes).to(device)
     kwargs = dict(trainer_kwargs or {})
     folder = save_dir or logger_dir()
     paths, expert_set, teacher, previous = [], None, None, None
@@ -181,7 +233,7 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
                            scale_convention=scale_convention).to(device)
         freeze_for_ppap(student, classifier_name)
         expert_set = LoRAExpertSet(student, classifier_name, n_experts, total_steps=diffusion.num_timesteps)
-    for i, t_range in enumerate(ranges.ranges):
+    for i, t_range in enumerate(ranges.training_ranges):
         final = os.path.join(folder, expert_checkpoint_name(i, n_experts))
         paths.append(final)
         if os.path.isfile(final):
@@ -202,7 +254,7 @@ def train_experts(*, method: str, classifier_name: str, diffusion, data: Callabl
             previous = model
             state_fn = model.state_dict
             trainer_cls, extra = NoisyClassifierTrainer, {"clean": method == "clean"}
-        start = f"expert {i - 1}" if chained else "the off-the-shelf weights"
+        start = f"expert {i - 1}" if chained else init_source
         logger.log(f"expert {i}/{n_experts}: t in {t_range}, {per_expert} steps from {start}, "
                    f"{trainable_parameter_count(model):,} trainable parameters")
         trainer = trainer_cls(model=model, diffusion=diffusion, t_range=t_range, expert=i,
@@ -230,6 +282,6 @@ def _load_trained_expert(path: str, index: int, base: nn.Module, expert_set: Opt
     return None
 
 
-__all__ = ["METHODS", "EXPERT_INITS", "KD_TEMPERATURE", "distillation_loss", "train_experts",
+__all__ = ["METHODS", "EXPERT_INITS", "KD_TEMPERATURE", "distillation_loss", "starting_weights", "train_experts",
            "expert_checkpoint_name", "NoisyClassifierObjective", "DistillationObjective",
            "NoisyClassifierTrainer", "DistillationTrainer", "trainable_parameter_count"]

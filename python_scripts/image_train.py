@@ -7,6 +7,7 @@ Multi-process: ``torchrun --nproc_per_node 2 python_scripts/image_train.py ...``
 python_scripts/image_train.py ...`` (``--batch_size`` is per rank). Checkpoints ``modelNNNNNN.pt``,
 ``ema_RATE_NNNNNN.pt`` and ``optNNNNNN.pt`` land in ``--log_path`` with ``flags.json``; resume with
 ``--resume_checkpoint <log_path>/modelNNNNNN.pt`` (or the folder, for its latest checkpoint).
+``--keep_checkpoints N`` keeps only the newest N checkpoint sets in ``--log_path`` (0, the default: all, as ADM).
 ``--seed`` fixes the initial weights, the data order and augmentations, and every step's timesteps and noise.
 """
 
@@ -30,7 +31,7 @@ from guided_diffusion.train import TrainLoop, create_named_schedule_sampler, res
 def create_argparser() -> argparse.ArgumentParser:
     defaults = dict(schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, batch_size=1,
                     microbatch=-1, ema_rate="0.9999", log_interval=10, save_interval=10000,
-                    resume_checkpoint="", use_fp16=False, fp16_scale_growth=1e-3)
+                    resume_checkpoint="", use_fp16=False, fp16_scale_growth=1e-3, keep_checkpoints=0)
     defaults.update(DATA_DEFAULTS)
     defaults.update(RUN_DEFAULTS)
     defaults.update(model_and_diffusion_defaults())
@@ -68,6 +69,7 @@ def main(argv=None) -> None:
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
         seed=args.seed, flags=model_flags, progress=args.progress, save_dir=log_path,
+        keep_checkpoints=args.keep_checkpoints,
     )
     # Every input has been checked: only now does the run folder appear.
     open_run_folder(log_path, args)

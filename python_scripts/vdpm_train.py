@@ -1,22 +1,37 @@
 """Train the v-objective diffusion model (VDPM: continuous log-SNR time, v/x0/eps prediction, reweighted loss,
 classifier-free guidance) on MNIST, CIFAR-10, CelebA or the built-in digits.
 
+    python python_scripts/vdpm_train.py --dataset cifar10 --use-cfg --use-ema --root ~/datasets
     python python_scripts/vdpm_train.py --config cifar10_cond --root ~/datasets
     python python_scripts/vdpm_train.py --dataset digits --image-size 16 --use-cfg --epochs 30 --ckpt-name digits
     torchrun --nproc_per_node 2 python_scripts/vdpm_train.py --config cifar10_cond --root ~/datasets --distributed
 
-The flags are the seed's (tqch/v-diffusion-torch, README version); --config reads a JSON file (a path, or a name in
---config-dir, default configs/vdpm) and flags typed on the command line win over it. Data sets are read from
---root in torchvision's layouts and never downloaded. The run folder is <--ckpt-dir>/<--ckpt-name> (default
-name vdpm_<dataset>): flags.json, log.txt, progress.csv, modelNNNNNN.pt (+ ema_<decay>_NNNNNN.pt, optNNNNNN.pt,
-train_stateNNNNNN.pt) and images/. --resume continues the latest checkpoint there exactly (model, EMA,
-optimizer, step and data position), reading the run's flags.json for every flag not typed again.
+The flags are the seed's (tqch/v-diffusion-torch: its 2023 README names, and the 2024 --config-path,
+--default-config-path, --data_root, --max-ckpts-kept, --use-xformers). Configs: --config (alias --config-path)
+reads a JSON or YAML file, a path or a name in --config-dir (default configs/vdpm). Without --config the data
+set's config is in force, as the seed's README commands had it (they read configs/<dataset>.json): cifar10 ->
+cifar10_uncond, or cifar10_cond with --use-cfg; celeba -> celeba. The seed ships none for mnist and the digits:
+there (and with --config none) this script's built-in defaults apply, a small CPU-sized ADM UNet without lr
+warm-up or weight decay. The script prints which config is in force and which typed flags override it: flags
+typed on the command line always win. A config of the seed's own format (no "arch" key) builds its UNet and is
+completed from --default-config-path (its defaults.json), as its 2024 train.py did.
+
+Data sets are read from --root in torchvision's layouts and never downloaded. The run folder is
+<--ckpt-dir>/<--ckpt-name> (default name vdpm_<dataset>): flags.json, log.txt, progress.csv, modelNNNNNN.pt
+(+ ema_<decay>_NNNNNN.pt, optNNNNNN.pt, train_stateNNNNNN.pt) and images/. --max-ckpts-kept N keeps the newest N
+of those checkpoint sets (-1: all; the seed's configs keep 5 for CIFAR-10 and 1 otherwise). --resume continues
+the latest checkpoint there exactly (model, EMA, optimizer, step and data position), reading the run's
+flags.json for every flag not typed again.
 
 Differences from the seed: time is counted in optimizer steps (an epoch is len(data) // batch steps; the batch
 stream does not drop the remainder, it starts the next epoch); --batch-size is the global batch (split over
-ranks, then into --num-accum micro-batches), --max-steps and --save-steps count steps; the architecture is this
-package's ADM UNet (models/vdpm.py); --eval samples --eval-total-size images and reports FID, precision and
-recall against the training data at the end of the run (and every --eval-intv epochs).
+ranks, then into --num-accum micro-batches), --max-steps and --save-steps count steps; a typed flag beats the
+config (the 2023 seed let the config win); --arch original is the seed's UNet (models/vdpm_unet.py), --arch
+adm this package's ADM UNet in its place (models/vdpm.py); --eval samples --eval-total-size images and
+reports FID, precision and recall against the training data at the end of the run (and every --eval-intv
+epochs). Not taken: the seed's --exp-dir/--exp-name (see --ckpt-dir/--ckpt-name), --from-ckpt (--resume
+continues the run folder's latest), --save-rng-state (every checkpoint here holds the full training state),
+--allow-rescale, --x0eps-coef and the cuDNN / TF32 / reduced-precision switches.
 """
 
 from __future__ import annotations
@@ -38,20 +53,22 @@ from guided_diffusion.diffusion.continuous_losses import LOSS_TYPES, REWEIGHT_AL
 from guided_diffusion.denoisers.continuous import OUT_TYPE_ALIASES, OUT_TYPES
 from guided_diffusion.metrics.image_batches import NpzBatch
 from guided_diffusion.metrics.inception import FEATURE_NET_NAMES, load_feature_net
-from guided_diffusion.models.vdpm import VDPM_MODEL_SIZES
+from guided_diffusion.models.vdpm import ARCHS, VDPM_MODEL_SIZES
 from guided_diffusion.sample_writer import image_grid, run_seeded_sampling, save_png
 from guided_diffusion.train import latest_checkpoint, write_json
 from guided_diffusion.vdpm.training import VDPMTrainLoop, vdpm_batches
-from guided_diffusion.flags import load_config, merge_flags, resolve_config_path
-from guided_diffusion.vdpm import (CHECKPOINT_FLAG_NAMES, DEFAULT_CONFIG_DIR, DatasetImages, dataset_image_size,
-                                   diffusion_from_flags, fid_precision_recall, model_from_flags, vdpm_batch_sampler)
+from guided_diffusion.flags import apply_flag_values, merge_flags, resolve_config_path, typed_dests
+from guided_diffusion.vdpm import (CHECKPOINT_FLAG_NAMES, DEFAULT_CONFIG_DIR, DEFAULTS_CONFIG, DatasetImages,
+                                   dataset_image_size, diffusion_from_flags, fid_precision_recall, model_from_flags,
+                                   vdpm_batch_sampler)
+from guided_diffusion.vdpm.original import dataset_config_name, read_config
 
 # Accepted spellings: the canonical names and the original's aliases (x_0, snr_trunc, snr_1plus).
 OUT_TYPES = OUT_TYPES + tuple(OUT_TYPE_ALIASES)
 REWEIGHT_TYPES = REWEIGHT_TYPES + tuple(REWEIGHT_ALIASES)
 # Never taken from a resumed run's flags.json: they describe this machine or this invocation.
-NOT_RESUMED = ("resume", "distributed", "train_device", "eval_device", "num_workers", "progress", "config",
-               "config_dir")
+NOT_RESUMED = ("resume", "distributed", "train_device", "eval_device", "num_workers", "progress", "config_dir",
+               "default_config_path")
 NOT_IN_IDENTITY = ("progress", "num_workers", "train_device", "eval_device", "resume", "sample_bsz")
 MAX_REFERENCE_IMAGES = 50000  # the seed's precision/recall manifold size
 
@@ -63,7 +80,8 @@ def create_argparser() -> argparse.ArgumentParser:
     onoff = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=tuple(VDPM_DATASET_INFO), default="cifar10")
-    g.add_argument("--root", default="~/datasets", help="folder holding the data set in torchvision's layout")
+    g.add_argument("--root", "--data-root", "--data_root", dest="root", default="~/datasets",
+                   help="folder holding the data set in torchvision's layout")
     g.add_argument("--image-size", type=int, default=0, help="0: the data set's own (32, 32, 64, 16)")
     g.add_argument("--split", default="", help="default: the seed's (train; all for celeba)")
     g.add_argument("--random-flip", action=onoff, default=None, help="default: the seed's (cifar10, celeba)")
@@ -105,19 +123,31 @@ def create_argparser() -> argparse.ArgumentParser:
     g.add_argument("--apply-attn", default=",".join(str(int(a)) for a in small["apply_attn"]),
                    help="attention per level, e.g. 0,1,1")
     g.add_argument("--drop-rate", type=float, default=small["drop_rate"])
-    g.add_argument("--num-heads", type=int, default=small["num_heads"])
-    g.add_argument("--head-dim", type=int, default=small["head_dim"], help="-1: use --num-heads")
+    g.add_argument("--num-heads", type=int, default=small["num_heads"], help="0: unset (--arch original)")
+    g.add_argument("--head-dim", type=int, default=small["head_dim"], help="-1: unset (use --num-heads)")
+    g.add_argument("--arch", choices=ARCHS, default="adm",
+                   help="original: the seed's UNet (its checkpoints load); adm: this package's ADM UNet")
+    g.add_argument("--embedding-dim", type=int, default=0, help="time/label embedding width (0: 4 x hid; original)")
+    g.add_argument("--use-xformers", action=onoff, default=False,
+                   help="the seed's xFormers attention layout (--arch original; computed with plain attention)")
     g = p.add_argument_group("devices")
     g.add_argument("--train-device", default="", help="single process only (default: cuda if available)")
     g.add_argument("--eval-device", default="", help="device of the feature network (default: --train-device)")
     g.add_argument("--distributed", action=onoff, default=False,
                    help="run under torchrun (or mpiexec), one rank per GPU")
     g = p.add_argument_group("outputs")
-    g.add_argument("--config", default="", help="a JSON config: a path, or a name in --config-dir")
+    g.add_argument("--config", "--config-path", dest="config", default="",
+                   help="a JSON/YAML config: a path, a name in --config-dir, or none (default: the data set's)")
     g.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
-    g.add_argument("--ckpt-dir", default="./chkpts")
-    g.add_argument("--ckpt-name", default="", help="run folder name (default vdpm_<dataset>)")
-    g.add_argument("--ckpt-intv", type=int, default=120, help="epochs between checkpoints")
+    g.add_argument("--default-config-path", default=DEFAULTS_CONFIG,
+                   help="fills what a config of the seed's format leaves out (its defaults.json; '' for none)")
+    g.add_argument("--ckpt-dir", "--chkpt-dir", dest="ckpt_dir", default="./chkpts")
+    g.add_argument("--ckpt-name", "--chkpt-name", dest="ckpt_name", default="",
+                   help="run folder name (default vdpm_<dataset>)")
+    g.add_argument("--ckpt-intv", "--chkpt-intv", dest="ckpt_intv", type=int, default=120,
+                   help="epochs between checkpoints")
+    g.add_argument("--max-ckpts-kept", type=int, default=-1,
+                   help="keep the newest N checkpoint sets of the run folder (-1: all)")
     g.add_argument("--save-steps", type=int, default=0, help="steps between checkpoints (overrides --ckpt-intv)")
     g.add_argument("--resume", action=onoff, default=False, help="continue the run folder's latest checkpoint")
     g.add_argument("--image-dir", default="", help="sample grids (default <run folder>/images)")
@@ -135,11 +165,42 @@ def create_argparser() -> argparse.ArgumentParser:
     return p
 
 
-def merge_run_flags(parser, args, argv):
-    """Defaults < --config < the resumed run's flags.json < typed flags. Returns (run folder, checkpoint)."""
+def choose_config(args) -> tuple:
+    """(config path or None, why): --config when typed, else the data set's (None where the seed has none)."""
+    if args.config and args.config.lower() != "none":
+        return args.config, "typed --config"
     if args.config:
-        path = resolve_config_path(args.config, args.config_dir)
-        merge_flags(parser, args, argv, config=load_config(path), config_source=f"config {path}")
+        return None, "--config none: this script's built-in defaults are in force"
+    name = dataset_config_name(args.dataset, args.use_cfg)
+    if name is None:
+        return None, (f"the seed ships no config for {args.dataset}: this script's built-in defaults are in force "
+                      "(a small CPU-sized model, no lr warm-up, no weight decay); --config names one")
+    how = f"--dataset {args.dataset}" + (" --use-cfg" if args.use_cfg and args.dataset == "cifar10" else "")
+    return name, f"the data set's config for {how}; --config none for the built-in defaults"
+
+
+def merge_run_flags(parser, args, argv):
+    """Defaults < config (typed, or the data set's) < the resumed run's flags.json < typed flags.
+    Returns (run folder, checkpoint to resume or "", lines saying which config is in force)."""
+    typed = typed_dests(parser, argv)
+    lines = []
+    resuming = args.resume and "config" not in typed  # a resumed run's flags.json holds every flag
+    config, why = (None, "") if resuming else choose_config(args)
+    if config is not None:
+        path = resolve_config_path(config, args.config_dir)
+        values, notes = read_config(path, defaults=args.default_config_path or None)
+        as_configured = argparse.Namespace(**vars(args))
+        apply_flag_values(parser, as_configured, values, set(), f"config {path}")
+        merge_flags(parser, args, argv, config=values, config_source=f"config {path}")
+        args.config = str(path)
+        overridden = sorted(k for k in typed if k in values and getattr(as_configured, k) != getattr(args, k))
+        lines.append(f"config in force: {path} ({why})")
+        lines.append("typed flags overriding it: " + (", ".join("--" + k.replace("_", "-") for k in overridden)
+                                                      if overridden else "none"))
+        lines += [f"note: {n}" for n in notes]
+    elif not resuming:
+        args.config = "none" if args.config else ""
+        lines.append(f"config in force: none ({why})")
     run_dir = os.path.join(os.path.expanduser(args.ckpt_dir), args.ckpt_name or f"vdpm_{args.dataset}")
     found = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     if args.resume:
@@ -147,10 +208,13 @@ def merge_run_flags(parser, args, argv):
             raise FileNotFoundError(f"--resume: no modelNNNNNN.pt in {run_dir}; check --ckpt-dir and --ckpt-name")
         merge_flags(parser, args, argv, beside=found, ignore=NOT_RESUMED + ("gpus",))
         args.resume = True
+        if resuming:
+            made = f", the run was configured by {args.config}" if args.config not in ("", "none") else ""
+            lines.append(f"config in force: the run's own flags.json (resuming{made})")
     elif found is not None:
         raise ValueError(f"{run_dir} already holds checkpoints ({os.path.basename(found)}); pass --resume to "
                          "continue it, or another --ckpt-name")
-    return run_dir, found if args.resume else ""
+    return run_dir, found if args.resume else "", lines
 
 
 def check_flags(args, world: int) -> int:
@@ -163,6 +227,9 @@ def check_flags(args, world: int) -> int:
                          f"--num-accum {args.num_accum} micro-batches")
     if not 0.0 < args.ema_decay < 1.0:
         raise ValueError(f"--ema-decay must lie in (0, 1), got {args.ema_decay}")
+    if args.max_ckpts_kept == 0 or args.max_ckpts_kept < -1:
+        raise ValueError(f"--max-ckpts-kept {args.max_ckpts_kept} would keep no checkpoint (the seed then saved "
+                         "none); pass -1 to keep all, or N >= 1 to keep the newest N")
     return args.batch_size // world
 
 
@@ -243,8 +310,10 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = create_argparser()
     args = parser.parse_args(argv)
-    run_dir, resume_from = merge_run_flags(parser, args, argv)
+    run_dir, resume_from, config_lines = merge_run_flags(parser, args, argv)
     setup_devices(args)
+    if dist_util.is_main():
+        print("\n".join(config_lines), flush=True)
     world = dist_util.get_world_size()
     per_rank_batch = check_flags(args, world)
     info = VDPM_DATASET_INFO[args.dataset]
@@ -289,7 +358,7 @@ def main(argv=None) -> None:
         ema_rate=str(args.ema_decay) if args.use_ema else "", log_interval=max(1, args.log_intv),
         save_interval=max(1, save_steps), resume_checkpoint=resume_from, weight_decay=args.weight_decay,
         max_steps=total_steps, seed=args.seed, progress=args.progress, save_dir=run_dir,
-        flags=vars(args), flag_names=CHECKPOINT_FLAG_NAMES)
+        flags=vars(args), flag_names=CHECKPOINT_FLAG_NAMES, keep_checkpoints=max(args.max_ckpts_kept, 0))
     sampling.trainer = trainer
     open_run_folder(run_dir, args)
     logger.log(f"run folder {os.path.abspath(run_dir)}")

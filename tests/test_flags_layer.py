@@ -112,6 +112,8 @@ def test_load_checkpoint_selects_an_entry_and_a_prefix(tmp_path):
                 "args": argparse.Namespace(model="DiT-XL/2")}, path)
     assert torch.equal(load_checkpoint(path, select="ema")["w"], torch.full((2,), 2.0))
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(2))  # "model" by default
+    torch.save({"model": sd, "ema": {"shadow": {k: v * 3 for k, v in sd.items()}, "decay": 0.9}}, tmp_path / "v.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "v.pt", select="ema.shadow")["w"], torch.full((2,), 3.0))
     with pytest.raises(ValueError, match="no state dict under 'ema_0.9999'.*model, ema"):
         load_checkpoint(path, select="ema_0.9999")
     torch.save({"state_dict": {"model.diffusion_model.a": torch.ones(1), "first_stage_model.b": torch.ones(1)},

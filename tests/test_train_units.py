@@ -16,6 +16,8 @@ from guided_diffusion.train import (LossSecondMomentResampler, MixedPrecisionTra
                                     Trainer, TrainLoop, UniformSampler, atomic_save, companion_paths,
                                     latest_checkpoint, linear_warmup_schedule, parse_ema_rates,
                                     parse_resume_step_from_filename, step_seed)
+from guided_diffusion.train.checkpointing import checkpoint_sets, prune_checkpoints
+from script_runs import TINY_TRAIN, import_script
 
 
 class LeastSquares(Objective):
@@ -269,6 +271,90 @@ def test_checkpoints_land_in_save_dir_not_in_the_logger_folder(tmp_path):
     with pytest.raises(ValueError, match="save_dir"):
         make(save_dir="")
     logger.configure(str(tmp_path / "other"), format_strs=[])  # detach from tmp_path
+
+
+def _set(folder, step, rates=("0.9",), model=True):
+    names = ([f"model{step:06d}.pt"] if model else []) + [f"opt{step:06d}.pt", f"train_state{step:06d}.pt"]
+    for name in names + [f"ema_{r}_{step:06d}.pt" for r in rates]:
+        (folder / name).write_bytes(b"x")
+
+
+def test_prune_keeps_the_newest_sets_whole_and_never_the_current_or_a_later_run(tmp_path, monkeypatch):
+    for step in (1, 2, 3, 4):
+        _set(tmp_path, step, rates=("0.9", "0.99") if step == 1 else ("0.9",))
+    _set(tmp_path, 9)  # a later step than this run's: another run's, left alone
+    _set(tmp_path, 0, model=False)  # companions whose model file an interrupted prune removed
+    (tmp_path / "flags.json").write_text("{}")
+    (tmp_path / ".model000001.pt.abc.tmp").write_bytes(b"")  # a temp file is nobody's checkpoint
+    assert prune_checkpoints(str(tmp_path), 0, current=4) == []
+    order = []
+    real_remove = os.remove
+    monkeypatch.setattr(os, "remove", lambda p: (order.append(os.path.basename(p)), real_remove(p)))
+    removed = prune_checkpoints(str(tmp_path), 2, current=4)
+    assert sorted(checkpoint_sets(str(tmp_path))) == [3, 4, 9]
+    assert all(len(files) == 4 for files in checkpoint_sets(str(tmp_path)).values())  # whole sets kept
+    assert len(removed) == 3 + 5 + 4  # step 0's leftovers, step 1 (two EMA rates), step 2
+    assert order.index("model000001.pt") < order.index("opt000001.pt")  # a set loses its model file first
+    assert order.index("model000002.pt") < order.index("ema_0.9_000002.pt")
+    assert {"flags.json", ".model000001.pt.abc.tmp"} <= set(os.listdir(tmp_path))
+    # At step 3 with step 4 protected (and later anyway), keep 1 removes nothing; at step 4 it removes step 3.
+    prune_checkpoints(str(tmp_path), 1, current=3, protect=[4])
+    assert sorted(checkpoint_sets(str(tmp_path))) == [3, 4, 9]
+    prune_checkpoints(str(tmp_path), 1, current=4)
+    assert sorted(checkpoint_sets(str(tmp_path))) == [4, 9]
+    with pytest.raises(ValueError, match="keep"):
+        prune_checkpoints(str(tmp_path), -1, current=4)
+
+
+def test_prune_that_cannot_remove_a_model_file_keeps_its_companions(tmp_path, monkeypatch):
+    _set(tmp_path, 1)
+    _set(tmp_path, 2)
+    real_remove = os.remove
+
+    def locked(path):  # a reader holding the file open where the system forbids deleting it
+        if os.path.basename(path) == "model000001.pt":
+            raise PermissionError("in use")
+        real_remove(path)
+
+    monkeypatch.setattr(os, "remove", locked)
+    assert prune_checkpoints(str(tmp_path), 1, current=2) == []
+    assert sorted(checkpoint_sets(str(tmp_path))) == [1, 2] and len(checkpoint_sets(str(tmp_path))[1]) == 4
+    monkeypatch.setattr(os, "remove", real_remove)
+    prune_checkpoints(str(tmp_path), 1, current=2)  # retried at the next save
+    assert sorted(checkpoint_sets(str(tmp_path))) == [2]
+
+
+def test_trainer_keeps_checkpoints_and_a_resumed_run_prunes_after_every_rank_read_its_start(tmp_path):
+    logger.configure(str(tmp_path / "log"), format_strs=["log"])
+    folder = tmp_path / "ckpt"
+    t = make(Counting(), save_dir=str(folder), ema_rate="0.9", max_steps=5, save_interval=1, keep_checkpoints=2)
+    t.run_loop()
+    assert sorted(checkpoint_sets(str(folder))) == [4, 5]
+    assert sorted(os.listdir(folder)) == ["ema_0.9_000004.pt", "ema_0.9_000005.pt", "model000004.pt",
+                                          "model000005.pt", "opt000004.pt", "opt000005.pt",
+                                          "train_state000004.pt", "train_state000005.pt"]
+    # Resume from step 5 with keep 1: the resumed set is read at start, and goes once a newer one is saved.
+    resumed = make(Counting(), save_dir=str(folder), ema_rate="0.9", max_steps=7, save_interval=1,
+                   keep_checkpoints=1, resume_checkpoint=str(folder))
+    assert resumed.total_steps == 5 and resumed.objective.calls == 5
+    resumed.run_loop()
+    assert sorted(checkpoint_sets(str(folder))) == [7]
+    assert len(os.listdir(folder)) == 4
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        make(keep_checkpoints=-1)
+    logger.configure(str(tmp_path / "other"), format_strs=[])  # detach from tmp_path
+
+
+def test_image_train_keep_checkpoints(tmp_path):
+    """ADM's script: --keep_checkpoints N keeps the newest N sets (default 0: all, as ADM)."""
+    image_train = import_script("image_train")
+    parser = image_train.create_argparser()
+    assert parser.parse_args([]).keep_checkpoints == 0
+    image_train.main(TINY_TRAIN + ["--log_path", str(tmp_path / "run"), "--max_steps", "3", "--save_interval", "1",
+                                   "--keep_checkpoints", "1", "--ema_rate", "0.99"])
+    assert sorted(checkpoint_sets(str(tmp_path / "run"))) == [3]
+    assert len(checkpoint_sets(str(tmp_path / "run"))[3]) == 4
+    logger.configure(str(tmp_path / "other"), format_strs=[])
 
 
 def test_grad_clipping_clips_the_global_norm_after_accumulation():

@@ -311,30 +311,47 @@ def test_kl_loss_matches_a_hand_computation():
         assert at_grid["loss"].item() == pytest.approx(zero["loss"].item(), rel=1e-12)
 
 
-def test_kl_first_step_is_the_discretised_decoder_in_bits():
-    process = ContinuousDiffusion(logsnr_schedule="cosine", model_out_type="x0", model_var_type="fixed_large",
-                                  loss_type="kl", sample_timesteps=10)
-    levels = torch.tensor([-1.0, 10 / 127.5 - 1, 200 / 127.5 - 1, 1.0], dtype=torch.float64)  # on the 8-bit grid
-    x0 = levels.reshape(1, 1, 2, 2)
-    noise = torch.zeros_like(x0)
-    offset = 0.01
-    out = process.training_losses(_x0_model(x0 + offset), x0, torch.tensor([0.04]), noise=noise)  # t -> 0.1, s = 0
-    schedule = LogSNRSchedule("cosine")
-    hand = _hand_posterior(schedule(torch.tensor(0.1, dtype=torch.float64)).item(),
-                           schedule(torch.tensor(0.0, dtype=torch.float64)).item())
-    scale = math.sqrt(hand["large"])
-    x_t = hand["a_t"] * x0  # zero noise
-
-    def cdf(v):  # the decoder's tanh approximation of the normal CDF
+def _decoder_bits(x0, centre, scale):
+    """-log2 of the discretised Gaussian (bins 2/255 wide, edge bins open) of x0 around ``centre``, per pixel mean,
+    with the decoder's tanh approximation of the normal CDF, written out from the original's formula."""
+    def cdf(v):
         return 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
 
     bits = 0.0
-    for xt, x in zip(x_t.flatten().tolist(), x0.flatten().tolist()):
-        mean = hand["coef_xt"] * xt + hand["coef_x0"] * (x + offset)
+    for x, mean in zip(x0, centre):
         upper, lower = (x - mean + 1 / 255) / scale, (x - mean - 1 / 255) / scale
         p = cdf(upper) if x < -0.999 else (1 - cdf(lower) if x > 0.999 else cdf(upper) - cdf(lower))
-        bits -= math.log(p) / math.log(2)
-    assert out["loss"].item() == pytest.approx(bits / 4, rel=1e-9)
+        bits -= math.log(max(p, 1e-12)) / math.log(2)
+    return bits / len(x0)
+
+
+@pytest.mark.parametrize("schedule_kw,var_type", [
+    (dict(logsnr_schedule="cosine"), "fixed_large"),
+    # lambda(0) = 2: alpha_0^2 = 0.88, so the posterior mean of the step to s = 0 is far from the predicted x0.
+    (dict(logsnr_schedule="sigmoid", logsnr_min=-4.0, logsnr_max=2.0), "fixed_small"),
+])
+def test_kl_first_step_is_the_original_decoder_centred_on_predicted_x0(schedule_kw, var_type):
+    """At s = 0 the term is the original's decoder NLL: centred on the (unclipped) predicted x0, log-scale half the
+    model's log-variance of the step, in bits; not centred on the posterior mean."""
+    process = ContinuousDiffusion(model_out_type="x0", model_var_type=var_type, loss_type="kl",
+                                  sample_timesteps=10, **schedule_kw)
+    levels = torch.tensor([-1.0, 10 / 127.5 - 1, 200 / 127.5 - 1, 1.0], dtype=torch.float64)  # on the 8-bit grid
+    x0 = levels.reshape(1, 1, 2, 2)
+    noise = torch.tensor([[[[0.3, -1.0], [0.5, 2.0]]]], dtype=torch.float64)
+    offset = 0.01
+    out = process.training_losses(_x0_model(x0 + offset), x0, torch.tensor([0.04]), noise=noise)  # t -> 0.1, s = 0
+    schedule = process.schedule
+    hand = _hand_posterior(schedule(torch.tensor(0.1, dtype=torch.float64)).item(),
+                           schedule(torch.tensor(0.0, dtype=torch.float64)).item())
+    scale = math.sqrt(hand["large" if var_type == "fixed_large" else "small"])
+    pixels = x0.flatten().tolist()
+    expected = _decoder_bits(pixels, [x + offset for x in pixels], scale)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-9)
+    x_t = (hand["a_t"] * x0 + math.sqrt(1 - hand["a_t"] ** 2) * noise).flatten().tolist()
+    posterior_mean = [hand["coef_xt"] * xt + hand["coef_x0"] * (x + offset) for xt, x in zip(x_t, pixels)]
+    other = _decoder_bits(pixels, posterior_mean, scale)
+    if schedule_kw["logsnr_schedule"] == "sigmoid":  # there the two centrings are far apart: the test can tell
+        assert abs(other - expected) > 1e-2  # bits; the tolerance above is 1e-9 relative
 
 
 def test_prior_bpd_closed_form():

@@ -19,9 +19,11 @@ from guided_diffusion.models.vdpm import create_vdpm_model
 from guided_diffusion.train import StepRandom
 from guided_diffusion.vdpm.training import VDPMTrainLoop
 from guided_diffusion.flags import load_config
+from guided_diffusion.train.checkpointing import checkpoint_sets
 from guided_diffusion.vdpm import DEFAULT_CONFIG_DIR, model_from_flags, tags_to_int
 from script_runs import import_script, run_script, start_script
 from test_vdpm_datasets import _celeba
+from test_vdpm_original_unet import MANIFEST
 
 TINY = ["--dataset", "digits", "--image-size", 8, "--hid-channels", 32, "--ch-multipliers", "1,2",
         "--num-res-blocks", 1, "--apply-attn", "0,0", "--drop-rate", 0, "--sample-timesteps", 6,
@@ -298,3 +300,117 @@ def test_bad_input_exits_2_with_the_fix_and_writes_nothing(tmp_path, capsys, tra
     code, err = _exit_code(generate, ["--ckpt-path", trained_run, "--labels", "12", "--save-dir", tmp_path / "g"],
                            capsys)
     assert code == 2 and "0..9" in err and not (tmp_path / "g").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The original's flags, defaults and files
+def test_the_data_sets_config_is_in_force_and_says_so(tmp_path, capsys):
+    """No --config: the data set's config, as the original's README commands had it (configs/<dataset>.json),
+    with the values of the original's published file; the script prints it and the typed flags that override it.
+    The digits have no config of the original: the built-in defaults stay, and the script says so."""
+    train = import_script("vdpm_train")
+    parser = train.create_argparser()
+    for argv, name in ((["--dataset", "cifar10"], "cifar10_uncond"),
+                       (["--dataset", "cifar10", "--use-cfg", "--lr", "1e-3", "--epochs", "600"], "cifar10_cond"),
+                       (["--dataset", "celeba"], "celeba")):
+        args = parser.parse_args(argv + ["--ckpt-dir", str(tmp_path)])
+        _, _, lines = train.merge_run_flags(parser, args, argv)
+        theirs = MANIFEST["config_files"][f"2024/{name}"]
+        assert args.config.endswith(f"{name}.json") and lines[0].startswith(f"config in force: {args.config}")
+        assert args.arch == "original" and args.warmup == theirs["train"]["warmup"]
+        assert args.weight_decay == theirs["train"].get("weight_decay", 0.0)
+        assert args.max_ckpts_kept == theirs["train"].get("max_ckpts_kept", 1)  # 1: the original's defaults.json
+        assert args.model_out_type.replace("x_0", "x0") == theirs["diffusion"]["model_out_type"]
+        assert args.use_cfg == theirs["conditional"]["use_cfg"] and args.hid_channels == theirs["model"]["hid_channels"]
+        typed_over = "--epochs, --lr" if "--lr" in argv else "none"
+        assert lines[1] == f"typed flags overriding it: {typed_over}"
+        if "--lr" in argv:
+            assert (args.lr, args.epochs) == (1e-3, 600)  # typed flags win over the config
+    for argv, expect in ((["--dataset", "digits"], "the seed ships no config for digits"),
+                         (["--dataset", "cifar10", "--config", "none"], "--config none")):
+        args = parser.parse_args(argv)
+        _, _, lines = train.merge_run_flags(parser, args, argv)
+        assert len(lines) == 1 and lines[0].startswith("config in force: none (") and expect in lines[0]
+        assert (args.arch, args.warmup, args.weight_decay, args.hid_channels) == ("adm", 0, 0.0, 64)
+
+
+def test_the_config_in_force_is_printed_at_the_start(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli(import_script("vdpm_train").main,
+                [str(a) for a in ["--dataset", "cifar10", "--use-cfg", "--lr", 1e-3, "--root", tmp_path / "nope",
+                                  "--ckpt-dir", tmp_path / "ck"]])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "cifar-10-batches-py" in captured.err  # the data set is missing, but first:
+    assert "config in force: " in captured.out and "cifar10_cond.json" in captured.out
+    assert "typed flags overriding it: --lr" in captured.out
+
+
+def test_max_ckpts_kept_keeps_the_newest_sets(tmp_path, capsys):
+    train = import_script("vdpm_train").main
+    run_cli(train, TINY + ["--batch-size", 4, "--use-ema", "--max-steps", 4, "--save-steps", 1, "--image-intv", 0,
+                           "--max-ckpts-kept", 2, "--ckpt-dir", tmp_path])
+    sets = checkpoint_sets(str(tmp_path / "vdpm_digits"))
+    assert sorted(sets) == [3, 4] and all(len(files) == 4 for files in sets.values())
+    code, err = _exit_code(train, TINY + ["--max-ckpts-kept", 0, "--ckpt-dir", tmp_path / "other"], capsys)
+    assert code == 2 and "--max-ckpts-kept" in err and "-1" in err and not (tmp_path / "other").exists()
+
+
+# The original scripts' flags (tqch/v-diffusion-torch generate.py and train.py, 2024 and 2023 versions).
+GENERATE_2024 = ["--data-root", "R", "--batch-size", "128", "--total-size", "50000", "--default-config-path", "D",
+                 "--config-path", "C", "--ckpt-path", "P", "--save-dir", "S", "--device", "cpu", "--use-ema",
+                 "--use-ddim", "--sample-timesteps", "1024", "--uncond", "--w-guide", "0.1"]
+GENERATE_2023 = ["--root", "R", "--dataset", "cifar10", "--batch-size", "128", "--total-size", "50000",
+                 "--config-dir", "C", "--chkpt-dir", "K", "--chkpt-path", "P", "--save-dir", "S", "--device", "cpu",
+                 "--use-ema", "--use-ddim", "--sample-timesteps", "1024", "--uncond", "--w-guide", "0.1",
+                 "--suffix", "_x"]
+TRAIN_2024 = ["--data_root", "R", "--epochs", "1", "--lr", "1e-4", "--beta1", "0.9", "--beta2", "0.99",
+              "--weight-decay", "0", "--batch-size", "8", "--num-accum", "1", "--train-timesteps", "0",
+              "--sample-timesteps", "8", "--logsnr-schedule", "cosine", "--logsnr-max", "20", "--logsnr-min", "-20",
+              "--model-out-type", "x_0", "--model-var-type", "fixed_medium", "--reweight-type", "snr_trunc",
+              "--loss-type", "mse", "--intp-frac", "0.3", "--w-guide", "0.1", "--p-uncond", "0.1",
+              "--num-workers", "0", "--train-device", "cpu", "--eval-device", "cpu", "--image-intv", "1",
+              "--num-save-images", "4", "--use-ddim", "--config-path", "C", "--default-config-path", "D",
+              "--ckpt-intv", "1", "--seed", "1", "--resume", "--eval", "--eval-intv", "1", "--ema-decay", "0.9",
+              "--distributed", "--use-xformers", "--max-ckpts-kept", "2", "--use-cfg", "--use-ema"]
+TRAIN_2023 = ["--dataset", "cifar10", "--root", "R", "--image-dir", "I", "--sample-bsz", "4", "--config-dir", "C",
+              "--chkpt-dir", "K", "--chkpt-name", "N", "--chkpt-intv", "1", "--ckpt-dir", "K", "--ckpt-name", "N",
+              "--ckpt-intv", "1", "--reweight-type", "truncated_snr"]
+
+
+def test_the_original_scripts_flags_parse_with_their_defaults():
+    generate = import_script("vdpm_generate").create_argparser()
+    for argv in (GENERATE_2024, GENERATE_2023):
+        generate.parse_args(argv)
+    defaults = generate.parse_args([])
+    assert (defaults.total_size, defaults.batch_size, defaults.sample_timesteps) == (50000, 128, 1024)
+    a = generate.parse_args(GENERATE_2023)
+    assert (a.root, a.ckpt_dir, a.ckpt_path, a.suffix) == ("R", "K", "P", "_x")
+    assert generate.parse_args(GENERATE_2024).root == "R"
+    train = import_script("vdpm_train").create_argparser()
+    for argv in (TRAIN_2024, TRAIN_2023):
+        train.parse_args(argv)
+    a = train.parse_args(TRAIN_2024)
+    assert (a.root, a.config, a.default_config_path, a.max_ckpts_kept, a.use_xformers) == ("R", "C", "D", 2, True)
+
+
+def test_generate_writes_the_originals_png_folder_beside_the_npz(trained_run, tmp_path):
+    """--format both: the npz and one {seed:06d}.png per sample (what the original's eval.py reads) with the same
+    pixels; --format png alone makes the same files; without --ckpt-path the run folder <--chkpt-dir>/vdpm_<dataset>
+    is used; --suffix ends the folder's name."""
+    _generate(trained_run, tmp_path / "both", "--total-size", 3, "--batch-size", 2, "--format", "both")
+    npz = np.load(tmp_path / "both" / "samples_3x8x8x3.npz")["arr_0"]
+    from PIL import Image
+    pngs = sorted((tmp_path / "both" / "images").iterdir())
+    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png"]
+    for p, image in zip(pngs, npz):
+        np.testing.assert_array_equal(np.asarray(Image.open(p)), image)
+    run_cli(import_script("vdpm_generate").main,
+            [str(a) for a in ["--chkpt-dir", trained_run.parent, "--dataset", "digits", "--use-ema",
+                              "--sample-timesteps", 5, "--w-guide", 1.0, "--no-progress", "--total-size", 3,
+                              "--batch-size", 3, "--format", "png", "--save-dir", tmp_path / "png",
+                              "--suffix", "_a"]])
+    alone = sorted((tmp_path / "png_a" / "images").iterdir())
+    assert [p.name for p in alone] == [p.name for p in pngs]
+    for a, b in zip(alone, pngs):
+        np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert not list((tmp_path / "png_a").glob("*.npz"))

@@ -54,7 +54,7 @@ class ContinuousDenoiser(Denoiser):
         without it only continuous-time levels of the model's own process.
     :param clip_denoised: whether samplers clip x0 to [-1, 1] by default (pixel models).
 
-    The network receives t as float32, enough for its 1000 * t embedding.
+    The network receives t in float64 (as the original feeds it; a network that embeds in float32 casts it).
     """
 
     time_unit = TimeUnit.TIME
@@ -87,10 +87,10 @@ class ContinuousDenoiser(Denoiser):
         return NoiseLevel(alpha=alpha, sigma=sigma, t=t, unit=TimeUnit.TIME)
 
     def model_time(self, level: NoiseLevel) -> torch.Tensor:
-        return self.own_level(level).t.to(torch.float32)
+        return self.own_level(level).t
 
     def __call__(self, x: torch.Tensor, level: NoiseLevel, **model_kwargs) -> Prediction:
         own = self.own_level(level)
         x_in = x if own is level else match_level(x, level, own.alpha)
-        out = self.model(x_in, own.t.to(torch.float32), **model_kwargs)
+        out = self.model(x_in, own.t, **model_kwargs)
         return _read_output(out, x_in, own, self.output)

@@ -65,7 +65,8 @@ class LogSNRSchedule:
     ``cosine`` g(lambda) = (2/pi) atan(e^(-lambda/2)) (alpha^2 = cos^2(pi t'/2), no offset, truncated to
     [logsnr_min, logsnr_max]). ``legacy`` is DDPM's linear betas in continuous time,
     log alpha_bar(t) = 1000 * int_0^t log(1 - beta(u)) du, and ignores logsnr_min / logsnr_max
-    (lambda(0) = 20.72, lambda(1) = -10.12).
+    (lambda(0) = 20.72, lambda(1) = -10.12): the original's 2024 version. Its 2023 version rescaled that
+    log alpha_bar to end at -20 (lambda from 20.0 to -20.0), which is not reproduced here.
     """
 
     def __init__(self, name: str = "cosine", logsnr_min: float = -20.0, logsnr_max: float = 20.0):

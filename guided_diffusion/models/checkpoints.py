@@ -54,16 +54,10 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return state_dict
 
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None,
-                    select: Optional[str] = None, prefix: Optional[str] = None) -> StateDict:
-    """Read a state dict with ``torch.load(weights_only=True)``, so a file can never run code on load.
-
-    Wrapped files (``{"state_dict": ...}``, ``{"model": ...}``, or one tensor dict beside metadata) are
-    unwrapped and a DDP "module." prefix is stripped. ``select`` names the entry to take from a file holding
-    several (``"ema"`` of DiT's {model, ema, opt, args}); ``prefix`` keeps the keys under it, stripped
-    (``"model.diffusion_model."`` of a Stable Diffusion file). ``flag`` names the option the path came
-    from, for the error when the file is missing.
-    """
+def read_checkpoint_file(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None):
+    """The object stored in ``path``, read with ``torch.load(weights_only=True)`` (plus the globals in
+    ``TORCH_SAFE_GLOBALS``), so a file can never run code on load; a refusal names the global and the fix.
+    ``flag`` names the option the path came from, for the error when the file is missing."""
     path = Path(path)
     if not path.is_file():
         how = flag or "--model_path (diffusion model) or --classifier_path (classifier)"
@@ -71,7 +65,7 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optiona
         raise FileNotFoundError(f"checkpoint {str(path)!r} {what}; pass the checkpoint file with {how}")
     try:
         with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: [^\n]*", str(exc))
         detail = f" ({found.group(0).strip()})" if found else ""
@@ -79,12 +73,29 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optiona
             f"refusing to load {path}: it stores Python objects other than tensors and plain containers, and "
             f"unpickling them could run code from the file{detail}. If you trust it, re-save just its state "
             "dict (torch.save(model.state_dict(), ...)).") from exc
+
+
+def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None,
+                    select: Optional[str] = None, prefix: Optional[str] = None) -> StateDict:
+    """Read a state dict with :func:`read_checkpoint_file`, so a file can never run code on load.
+
+    Wrapped files (``{"state_dict": ...}``, ``{"model": ...}``, or one tensor dict beside metadata) are
+    unwrapped and a DDP "module." prefix is stripped. ``select`` names the entry to take from a file holding
+    several (``"ema"`` of DiT's {model, ema, opt, args}; dots go deeper: ``"ema.shadow"``); ``prefix`` keeps
+    the keys under it, stripped (``"model.diffusion_model."`` of a Stable Diffusion file). ``flag`` names the
+    option the path came from, for the error when the file is missing.
+    """
+    path = Path(path)
+    obj = read_checkpoint_file(path, map_location, flag=flag)
     if select is not None:
-        if not isinstance(obj, Mapping) or not _is_state_dict(obj.get(select)):
+        inner = obj
+        for part in select.split("."):
+            inner = inner.get(part) if isinstance(inner, Mapping) else None
+        if not _is_state_dict(inner):
             entries = [k for k, v in obj.items() if _is_state_dict(v)] if isinstance(obj, Mapping) else []
             raise ValueError(f"{path} has no state dict under {select!r}"
                              + (f"; it has {', '.join(map(str, entries))}" if entries else ""))
-        obj = obj[select]
+        obj = inner
     elif isinstance(obj, Mapping) and not _is_state_dict(obj):
         inner = [k for k in WRAPPER_KEYS if _is_state_dict(obj.get(k))]
         inner = inner or [k for k, v in obj.items() if _is_state_dict(v)]
@@ -250,14 +261,16 @@ def _flag_hints(model: nn.Module, ck_sd: Mapping, model_sd: Mapping, flags: Opti
                 flag_names: Optional[Mapping[str, Optional[str]]] = None) -> List[str]:
     """Compare what the checkpoint's keys imply with what the model's keys imply, flag by flag, in the flag
     names of the model's family (``flag_names``: ADM name -> the family's flag, None where it has none)."""
-    if "time_embed.0.weight" not in model_sd:
-        return []
+    try:
+        md = infer_unet_flags(model_sd)
+    except ValueError:
+        return []  # not an ADM UNet or classifier: its family explains its own checkpoints
     try:
         ck = infer_unet_flags(ck_sd)
     except ValueError:
         return [f"the checkpoint does not look like an ADM UNet or classifier (first keys: "
                 f"{', '.join(list(ck_sd)[:4])}); it may be another model family's format"]
-    md, flags = infer_unet_flags(model_sd), flags or {}
+    flags = flags or {}
     if ck["model_type"] != md["model_type"]:
         return ["the checkpoint is a noisy classifier (no output_blocks): pass it with --classifier_path"
                 if ck["model_type"] == "classifier" else
@@ -376,5 +389,5 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     raise CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched, hints)
 
 
-__all__ = ["CheckpointMismatchError", "load_checkpoint", "load_state_dict_checked", "infer_unet_flags",
-           "strip_module_prefix", "format_channel_mult", "CLASSIFIER_FLAG_NAMES"]
+__all__ = ["CheckpointMismatchError", "read_checkpoint_file", "load_checkpoint", "load_state_dict_checked",
+           "infer_unet_flags", "strip_module_prefix", "format_channel_mult", "CLASSIFIER_FLAG_NAMES"]

@@ -1,10 +1,12 @@
-"""The VDPM network: the ADM UNet taking continuous time t in [0, 1] and VDPM's labels.
+"""The VDPM networks, chosen by ``--arch``: both take continuous time t in [0, 1] and VDPM's labels.
 
-The v-diffusion seed (tqch/v-diffusion-torch) ships its own UNet. We reuse the ADM UNet of this package instead,
-set up to match its design where ADM has the same option: adaptive group norm ((1 + scale) * GN(h) + shift,
-ADM's ``use_scale_shift_norm``), resampling inside residual blocks (BigGAN style, ADM's ``resblock_updown``),
-attention per level and in the middle block. Its checkpoints are therefore ADM-format state dicts, not the
-seed's (which has other module names and a different normalisation epsilon).
+- ``original``: the v-diffusion UNet itself (:mod:`guided_diffusion.models.vdpm_unet`), with the original's
+  parameter names and shapes, so the original's checkpoints and configs load strictly.
+- ``adm``: this package's ADM UNet set up to match that design where ADM has the same option: adaptive group
+  norm ((1 + scale) * GN(h) + shift, ADM's ``use_scale_shift_norm``), resampling inside residual blocks (BigGAN
+  style, ADM's ``resblock_updown``), attention per level and in the middle block. It differs from the original
+  in its module names, its normalisation epsilon (1e-5), where attention sits (ADM puts none after a resampling
+  block) and its time embedding (ADM's cos-then-sin); its checkpoints are ADM-format state dicts.
 
 Time input: the network is called as ``model(x, t, y)`` with t the continuous time (0 clean, 1 noise), as the
 seed's UNet is; it embeds ``TIME_SCALE * t`` = 1000 t with ADM's sinusoidal embedding, which is the seed's
@@ -28,8 +30,11 @@ import torch
 import torch.nn as nn
 
 from .unet import UNetModel
+from .vdpm_unet import VDiffusionUNet
 
 TIME_SCALE = 1000.0
+# --arch values: the original v-diffusion UNet, or this package's ADM UNet in the same role.
+ARCHS = ("original", "adm")
 # --model-out-type values (and the original's spellings x_0, epsilon); how they are read is the denoiser's job.
 OUT_TYPE_NAMES = ("x0", "eps", "both", "v", "x_0", "epsilon")
 
@@ -135,20 +140,47 @@ class VDPMUNet(UNetModel):
 
 def create_vdpm_model(*, image_size: int, in_channels: int, model_out_type: str, num_classes: int = 0,
                       multitags: bool = False, hid_channels: int, ch_multipliers, num_res_blocks: int, apply_attn,
-                      drop_rate: float = 0.0, num_heads: int = 1, head_dim: int = -1) -> VDPMUNet:
-    """A :class:`VDPMUNet` from flag values (lists may be "1,2" strings); output channels follow
-    ``model_out_type`` (twice ``in_channels`` for ``both``, which has an x0 and an eps head)."""
+                      drop_rate: float = 0.0, num_heads: int = 1, head_dim: int = -1, arch: str = "adm",
+                      embedding_dim: int = 0, use_xformers: bool = False) -> Union[VDPMUNet, VDiffusionUNet]:
+    """The ``arch`` network from flag values (lists may be "1,2" strings); output channels follow
+    ``model_out_type`` (twice ``in_channels`` for ``both``, which has an x0 and an eps head).
+
+    ``head_dim`` -1 and (original only) ``num_heads`` 0 mean "not set"; ``embedding_dim`` 0 means 4 *
+    hid_channels; ``embedding_dim`` and ``use_xformers`` (the original's xFormers attention layout) need
+    ``arch`` original. The original UNet builds for any image size its levels can halve.
+    """
     if model_out_type not in OUT_TYPE_NAMES:
         raise ValueError(f"unknown model output type {model_out_type!r}; choose one of "
                          f"{', '.join(OUT_TYPE_NAMES)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     out_channels = 2 * in_channels if model_out_type == "both" else in_channels
+    mults = parse_int_list(ch_multipliers, "ch-multipliers")
+    if arch == "original":
+        factor = 2 ** (len(mults) - 1)
+        if image_size % factor:
+            raise ValueError(f"image size {image_size} cannot be halved {len(mults) - 1} times "
+                             f"(--ch-multipliers {','.join(map(str, mults))})")
+        return VDiffusionUNet(in_channels=in_channels, hid_channels=int(hid_channels), out_channels=out_channels,
+                              ch_multipliers=mults, num_res_blocks=int(num_res_blocks),
+                              apply_attn=parse_bool_list(apply_attn, "apply-attn"),
+                              embedding_dim=int(embedding_dim) or None, drop_rate=float(drop_rate),
+                              head_dim=None if int(head_dim) <= 0 else int(head_dim),
+                              num_heads=None if int(num_heads) <= 0 else int(num_heads),
+                              num_classes=int(num_classes), multitags=bool(multitags),
+                              use_xformers=bool(use_xformers))
+    if use_xformers or int(embedding_dim) not in (0, 4 * int(hid_channels)):
+        raise ValueError("--embedding-dim and --use-xformers describe the original UNet; add --arch original")
+    if int(num_heads) <= 0 and int(head_dim) <= 0:
+        raise ValueError("--arch adm needs --num-heads >= 1 or --head-dim >= 1")
     return VDPMUNet(image_size=image_size, in_channels=in_channels,
                     out_channels=out_channels, hid_channels=int(hid_channels),
-                    ch_multipliers=parse_int_list(ch_multipliers, "ch-multipliers"),
+                    ch_multipliers=mults,
                     num_res_blocks=int(num_res_blocks), apply_attn=parse_bool_list(apply_attn, "apply-attn"),
                     drop_rate=float(drop_rate), num_heads=int(num_heads), head_dim=int(head_dim),
                     num_classes=int(num_classes), multitags=bool(multitags))
 
 
-__all__ = ["VDPMUNet", "MultiTagEmbedding", "create_vdpm_model", "VDPM_MODEL_SIZES", "TIME_SCALE",
+__all__ = ["VDPMUNet", "VDiffusionUNet", "MultiTagEmbedding", "create_vdpm_model", "VDPM_MODEL_SIZES", "ARCHS",
+           "TIME_SCALE",
            "parse_int_list", "parse_bool_list"]

@@ -29,7 +29,7 @@ from .. import dist_util, logger
 from ..labels import drop_labels
 from ..models.checkpoints import load_checkpoint, load_state_dict_checked
 from ..nn import update_ema
-from .checkpointing import (atomic_save, companion_paths, parse_resume_step_from_filename,
+from .checkpointing import (atomic_save, companion_paths, parse_resume_step_from_filename, prune_checkpoints,
                             resolve_resume_checkpoint)
 from .mixed_precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
 from .objective import Draws, Objective, StepRandom
@@ -110,6 +110,8 @@ class Trainer:
     :param seed: with the step and the rank, determines every random draw of training (``step_seed``).
     :param flags, flag_names: the flags that built the model and the family's spelling of them: a resumed
         checkpoint that does not fit is explained in those names.
+    :param keep_checkpoints: after each save, keep only the newest this many checkpoint sets of ``save_dir``
+        (model, EMA, optimizer and train-state files of one step); 0 keeps them all. See :meth:`save`.
     """
 
     def __init__(self, *, model: nn.Module, objective: Objective, data: DataSource, batch_size: int,
@@ -121,7 +123,7 @@ class Trainer:
                  ema_warmup: bool = False, p_uncond: float = 0.0, null_label: Union[int, float] = 0,
                  label_key: str = "y", max_steps: int = 0, seed: int = 0,
                  initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE, flags: Optional[Dict] = None,
-                 flag_names: Optional[Dict] = None, progress: bool = True):
+                 flag_names: Optional[Dict] = None, progress: bool = True, keep_checkpoints: int = 0):
         if use_fp16 and dist_util.dev().type != "cuda":
             raise ValueError("--use_fp16 True needs a CUDA GPU (fp16 convolutions are not meant for CPUs); "
                              "use --use_bf16 True or full precision on CPU")
@@ -131,6 +133,8 @@ class Trainer:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
         if max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {max_grad_norm}")
+        if keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {keep_checkpoints}")
         clash = sorted(set(objective.state_dict()) & set(_TRAIN_STATE_KEYS))
         if clash:  # checked here, on every rank, rather than at the first save on rank 0
             raise ValueError(f"{type(objective).__name__}.state_dict() uses the Trainer's keys {clash}")
@@ -147,6 +151,7 @@ class Trainer:
         self.max_grad_norm = float(max_grad_norm)
         self.p_uncond, self.null_label, self.label_key = float(p_uncond), null_label, label_key
         self.flags, self.flag_names, self.progress = flags, flag_names, progress
+        self.keep_checkpoints = int(keep_checkpoints)
         self.rank, self.world_size = dist_util.get_rank(), dist_util.get_world_size()
         self.global_batch = batch_size * self.world_size
         self.step, self.resume_step = 0, 0
@@ -373,6 +378,23 @@ class Trainer:
             atomic_save(mp.master_params_to_state_dict(mp.master_params), model_path)
             logger.log(f"saved checkpoint model{step:06d}.pt")
         dist_util.barrier()
+        if self.rank == 0 and self.keep_checkpoints:
+            self.prune_checkpoints()
+
+    def prune_checkpoints(self) -> List[str]:
+        """Keep the newest ``keep_checkpoints`` sets of ``save_dir`` (the one just saved always among them).
+
+        Called by :meth:`save` on rank 0 after its closing barrier: every rank has then passed the collective
+        at the start of ``save``, so each has finished reading the checkpoint it resumed from, which may go now
+        like any older set. Sets of later steps than this run's (another run's) are left alone.
+        """
+        removed = prune_checkpoints(self.save_dir, self.keep_checkpoints, current=self.total_steps)
+        steps = sorted({parse_resume_step_from_filename(p) for p in removed
+                        if os.path.basename(p).startswith("model")})
+        if removed:
+            logger.log(f"removed {len(removed)} files of older checkpoints (steps {steps or 'of leftover files'}; "
+                       f"keeping the newest {self.keep_checkpoints})")
+        return removed
 
 
 __all__ = ["Trainer", "parse_ema_rates", "step_seed", "param_digest", "linear_warmup_schedule",

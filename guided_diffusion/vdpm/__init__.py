@@ -1,5 +1,10 @@
 """The v-objective family (VDPM): what its scripts share (flags -> model and process, labels, seeded sampling,
-checkpoint hints, metrics); its training loop is :mod:`guided_diffusion.vdpm.training`.
+checkpoint hints, metrics); its training loop is :mod:`guided_diffusion.vdpm.training`, the original's configs and
+checkpoints (and where its 2023 and 2024 versions differ) :mod:`guided_diffusion.vdpm.original`.
+
+The network is chosen by the ``arch`` flag: ``original`` (the original's UNet, its parameter names and shapes,
+:mod:`guided_diffusion.models.vdpm_unet`) or ``adm`` (this package's ADM UNet in its place); a run's flags.json
+written before that flag existed means ``adm`` (``MODEL_FLAG_DEFAULTS``).
 
 Labels follow the seed: class k is stored as k + 1 and 0 is the classifier-free null label; CelebA's 40 tags
 are a {0, 1} vector whose null is all zeros. Data sets yield 0-based classes; :func:`model_labels` shifts them.
@@ -23,18 +28,24 @@ from ..guidance.cfg import ClassifierFreeGuidance
 from ..labels import null_label_fn
 from ..metrics.evaluate import compute_activations
 from ..metrics.stats import frechet_distance, precision_recall
-from ..models.vdpm import VDPMUNet, create_vdpm_model
+from ..models.vdpm import VDPMUNet, VDiffusionUNet, create_vdpm_model
 from ..samplers import sample_ancestral, sample_ddim
 from ..sample_writer import to_uint8
 from ..sampling import BatchFn, ClassLabels, LabelMode, TagRows, make_batch_sampler, tag_bits
 
-MODEL_FLAGS = ("hid_channels", "ch_multipliers", "num_res_blocks", "apply_attn", "drop_rate", "num_heads",
-               "head_dim")
+MODEL_FLAGS = ("arch", "hid_channels", "ch_multipliers", "num_res_blocks", "apply_attn", "drop_rate", "num_heads",
+               "head_dim", "embedding_dim", "use_xformers")
+# What a flags.json written before these flags existed means by their absence (the ADM UNet was the only one).
+MODEL_FLAG_DEFAULTS = {"arch": "adm", "embedding_dim": 0, "use_xformers": False}
 DIFFUSION_FLAGS = ("logsnr_schedule", "logsnr_min", "logsnr_max", "train_timesteps", "sample_timesteps",
                    "model_out_type", "model_var_type", "intp_frac", "reweight_type", "loss_type")
 # What fixes the network's shape: a checkpoint loads only into a model built from the same values.
 NETWORK_FLAGS = ("dataset", "image_size", "use_cfg", "model_out_type") + MODEL_FLAGS
+# The flags a run's flags.json must hold for its model to be rebuilt.
+REQUIRED_FLAGS = tuple(k for k in NETWORK_FLAGS + DIFFUSION_FLAGS if k not in MODEL_FLAG_DEFAULTS)
 DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs" / "vdpm")
+# The original's fill-in values for its configs (its configs/defaults.json).
+DEFAULTS_CONFIG = str(Path(DEFAULT_CONFIG_DIR) / "defaults.json")
 # A checkpoint that does not fit is explained in these flags (ADM's name -> VDPM's; None: no VDPM flag says it).
 CHECKPOINT_FLAG_NAMES = {"num_channels": "hid-channels", "num_res_blocks": "num-res-blocks",
                          "channel_mult": "ch-multipliers", "class_cond": "use-cfg", "num_classes": None,
@@ -50,13 +61,13 @@ def dataset_image_size(flags: Dict) -> int:
     return size or VDPM_DATASET_INFO[flags["dataset"]].image_size
 
 
-def model_from_flags(flags: Dict) -> VDPMUNet:
-    """The network for ``flags`` (a dict of flag values): conditional exactly when ``use_cfg`` is set."""
+def model_from_flags(flags: Dict) -> Union[VDPMUNet, VDiffusionUNet]:
+    """The ``arch`` network for ``flags`` (a dict of flag values): conditional exactly when ``use_cfg`` is set."""
     info = VDPM_DATASET_INFO[flags["dataset"]]
     return create_vdpm_model(image_size=dataset_image_size(flags), in_channels=info.in_channels,
                              model_out_type=flags["model_out_type"],
                              num_classes=info.num_classes if flags["use_cfg"] else 0, multitags=info.multilabel,
-                             **{k: flags[k] for k in MODEL_FLAGS})
+                             **{k: flags.get(k, MODEL_FLAG_DEFAULTS.get(k)) for k in MODEL_FLAGS})
 
 
 def diffusion_from_flags(flags: Dict, **overrides) -> ContinuousDiffusion:
@@ -188,7 +199,8 @@ def fid_precision_recall(net, samples, reference, *, batch_size: int = 64, k: in
             "num_reference_images": len(reference), "feature_net": net.name, "k": k}
 
 
-__all__ = ["MODEL_FLAGS", "DIFFUSION_FLAGS", "NETWORK_FLAGS", "DEFAULT_CONFIG_DIR", "NULL_LABEL",
+__all__ = ["MODEL_FLAGS", "DIFFUSION_FLAGS", "NETWORK_FLAGS", "REQUIRED_FLAGS", "MODEL_FLAG_DEFAULTS",
+           "DEFAULT_CONFIG_DIR", "DEFAULTS_CONFIG", "NULL_LABEL",
            "CHECKPOINT_FLAG_NAMES",
            "dataset_image_size", "model_from_flags", "diffusion_from_flags", "model_labels", "tags_to_int",
            "vdpm_batch_sampler",

@@ -39,7 +39,7 @@ CLASSIFIER = ["--image_size", 16, "--classifier_width", 32, "--classifier_depth"
               "--noise_schedule", "cosine"]
 DATA = ["--data_dir", "builtin:digits", "--random_flip", "False", "--random_crop", "False"]
 RESNET = ["--classifier_name", "ResNet18", "--classifier_num_classes", 10, "--image_size", 16,
-          "--diffusion_steps", 1000, "--noise_schedule", "cosine"]
+          "--diffusion_steps", 1000]
 NOISY_TIMESTEPS = (200, 500, 800)
 
 
@@ -52,11 +52,24 @@ def demo_defaults() -> dict:
 
 
 def benchmark_defaults() -> dict:
+    """The PPAP benchmark: the paper's noise (a linear-schedule diffusion model and guides), one iteration
+    budget for every trained guide, the paper's optimiser settings (lr 1e-4, weight decay 0.05, linear
+    annealing per expert; its batch is 256, ours 64), two seeds."""
     d = demo_defaults()
-    d.update(clean_steps=400, finetune_iterations=1000, ppap_iterations=2500, n_experts=5, gamma=16,
-             lora_alpha=16, num_generated=2000, ppap_scale=7.5, methods="naive,finetune,multi_experts,ppap",
-             ppap_row=False, vdpm_row=False)  # the demo's own PPAP and VDPM runs are not needed here
+    d.update(noise_schedule="linear", clean_steps=400, iterations=2000, guide_lr=1e-4, guide_weight_decay=0.05,
+             guide_anneal_lr=True, n_experts=5, gamma=16, lora_alpha=16, num_generated=2000, ppap_scale=7.5,
+             methods="naive,finetune,multi_experts,ppap", seeds="0,1")
     return d
+
+
+def ppap_row_settings(args) -> argparse.Namespace:
+    """The demo's PPAP row: PPAP alone on the demo's cosine model, on a budget that fits the demo."""
+    row = benchmark_defaults()
+    row.update(batch_size=args.batch_size, seed=args.seed, num_samples=args.num_samples,
+               timestep_respacing=args.timestep_respacing, clean_steps=args.ppap_clean_steps,
+               num_generated=args.ppap_num_generated, iterations=args.ppap_iterations, noise_schedule="cosine",
+               guide_lr=1e-3, guide_weight_decay=0.0, guide_anneal_lr=False)
+    return argparse.Namespace(**row)
 
 
 def run_script(name: str, argv: Sequence) -> None:
@@ -85,6 +98,27 @@ def train_argv(args, folder: str, steps: int, extra) -> list:
                    "--log_interval", max(steps // 4, 1), "--seed", args.seed, "--log_path", folder] + list(extra)
     latest = latest_checkpoint(folder) if os.path.isdir(folder) else None
     return argv + (["--resume_checkpoint", latest] if latest else [])
+
+
+def train_diffusion_model(args, out: str, schedule: str = "cosine") -> str:
+    """The digits diffusion model (``MODEL`` with ``schedule``); returns its EMA checkpoint. The demo's (cosine)
+    lives in <out>/diffusion, another schedule's in <out>/diffusion_<schedule>."""
+    steps = args.diffusion_steps_train
+    folder = os.path.join(out, "diffusion" if schedule == "cosine" else f"diffusion_{schedule}")
+    model = [v if prev != "--noise_schedule" else schedule for prev, v in zip([None] + MODEL, MODEL)]
+    run_stage(f"training the diffusion model ({schedule} schedule, {steps} steps)", "image_train",
+              train_argv(args, folder, steps, model + ["--lr", args.diffusion_lr, "--ema_rate", args.ema_rate]),
+              os.path.join(folder, f"model{steps:06d}.pt"))
+    return os.path.join(folder, f"ema_{float(args.ema_rate)}_{steps:06d}.pt")
+
+
+def train_judge(args, out: str) -> str:
+    """The clean classifier that judges samples (it never guides); returns its checkpoint."""
+    folder, steps = os.path.join(out, "judge"), args.judge_steps
+    run_stage(f"training the clean classifier that judges the samples ({steps} steps)", "classifier_train",
+              train_argv(args, folder, steps, CLASSIFIER + ["--lr", 1e-3, "--noised", "False"]),
+              os.path.join(folder, f"model{steps:06d}.pt"))
+    return os.path.join(folder, f"model{steps:06d}.pt")
 
 
 def classifier_flags() -> dict:
@@ -116,11 +150,12 @@ def judge_self_check(judge_path: str, out_dir: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- PPAP
 def ppap_train_argv(args, folder: str, method: str, iterations: int, data_dir: str, init: str = "") -> list:
-    argv = RESNET + ["--method", method, "--data_dir", data_dir, "--random_flip", "False", "--random_crop",
-                     "False", "--batch_size", args.batch_size, "--iterations", iterations, "--lr", 1e-3,
-                     "--n_experts", args.n_experts, "--gamma", args.gamma, "--lora_alpha", args.lora_alpha,
-                     "--save_interval", 10 ** 9, "--log_interval", max(iterations // 4, 1), "--seed", args.seed,
-                     "--log_path", folder]
+    argv = RESNET + ["--noise_schedule", args.noise_schedule, "--method", method, "--data_dir", data_dir,
+                     "--random_flip", "False", "--random_crop", "False", "--batch_size", args.batch_size,
+                     "--iterations", iterations, "--lr", args.guide_lr, "--weight_decay", args.guide_weight_decay,
+                     "--anneal_lr", args.guide_anneal_lr, "--n_experts", args.n_experts, "--gamma", args.gamma,
+                     "--lora_alpha", args.lora_alpha, "--save_interval", 10 ** 9,
+                     "--log_interval", max(iterations // 4, 1), "--seed", args.seed, "--log_path", folder]
     return argv + (["--classifier_init", init] if init else [])
 
 
@@ -155,33 +190,36 @@ def train_guides(args, out: str, ema: str, methods, label: str = "") -> Dict[str
     for method, n in (("finetune", 1), ("multi_experts", args.n_experts)):
         if method in methods:
             paths = expert_paths(folder(method), n)
-            run_stage(f"{prefix}{method}: {args.finetune_iterations} iterations over {n} expert(s)",
-                      "classifier_train", ppap_train_argv(args, folder(method), method, args.finetune_iterations,
+            run_stage(f"{prefix}{method}: {args.iterations} iterations over {n} expert(s)",
+                      "classifier_train", ppap_train_argv(args, folder(method), method, args.iterations,
                                                           "builtin:digits", clean), paths[-1])
             guides[method] = paths
     if "ppap" in methods:
         gen = folder("generated")
         run_stage(f"{prefix}generating {args.num_generated} unlabeled images", "generate_dataset",
-                  MODEL + ["--model_path", ema, "--num_samples", args.num_generated, "--batch_size", 100,
-                           "--timestep_respacing", "ddim25", "--use_ddim", "True", "--seed", 10 ** 6,
-                           "--log_path", gen], os.path.join(gen, f"{args.num_generated - 1:06d}.png"))
+                  ["--model_path", ema, "--num_samples", args.num_generated, "--batch_size", 100,
+                   "--timestep_respacing", "ddim25", "--use_ddim", "True", "--seed", 10 ** 6 + args.seed,
+                   "--log_path", gen], os.path.join(gen, f"{args.num_generated - 1:06d}.png"))
         paths = expert_paths(folder("ppap"), args.n_experts)
-        run_stage(f"{prefix}ppap: {args.ppap_iterations} iterations over {args.n_experts} LoRA experts (no labels)",
-                  "classifier_train", ppap_train_argv(args, folder("ppap"), "ppap", args.ppap_iterations, gen,
+        run_stage(f"{prefix}ppap: {args.iterations} iterations over {args.n_experts} LoRA experts (no labels)",
+                  "classifier_train", ppap_train_argv(args, folder("ppap"), "ppap", args.iterations, gen,
                                                       clean), paths[-1])
         guides["ppap"] = paths
     return guides
 
 
 def sample_with(args, out: str, ema: str, method: str, paths, scale: float) -> tuple:
-    """Sample the digits model guided by ``method``'s classifiers: (npz path, seconds)."""
+    """Sample the digits model guided by ``method``'s classifiers ("unguided": scale 0 with the naive guide,
+    the same seeds and target labels): (npz path, seconds)."""
     folder = os.path.join(out, f"samples_{method}")
     npz = os.path.join(folder, f"samples_{args.num_samples}x16x16x3.npz")
-    argv = MODEL + RESNET + [
-        "--method", method, "--model_path", ema, "--classifier_path", *paths, "--classifier_scale", scale,
-        "--n_experts", len(paths), "--gamma", args.gamma, "--lora_alpha", args.lora_alpha,
-        "--num_samples", args.num_samples, "--batch_size", args.num_samples, "--seed", args.seed,
-        "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folder]
+    scale = 0 if method == "unguided" else scale
+    argv = RESNET + [
+        "--method", "naive" if method == "unguided" else method, "--model_path", ema, "--classifier_path", *paths,
+        "--classifier_scale", scale, "--n_experts", len(paths), "--gamma",
+        args.gamma, "--lora_alpha", args.lora_alpha, "--num_samples", args.num_samples, "--batch_size",
+        args.num_samples, "--seed", args.seed, "--timestep_respacing", args.timestep_respacing,
+        "--use_ddim", "True", "--log_path", folder]
     seconds = run_stage(f"sampling with {method} guidance (scale {scale})", "classifier_sample", argv, npz)
     return npz, seconds
 
@@ -196,11 +234,11 @@ def noisy_accuracy(method: str, paths, args, timesteps=NOISY_TIMESTEPS) -> dict:
         return {}
     guide = load_guidance_classifier(method, paths, classifier_name="ResNet18", num_classes=10,
                                      n_experts=None if method == "naive" else len(paths), gamma=args.gamma,
-                                     lora_alpha=args.lora_alpha, noise_schedule="cosine")
+                                     lora_alpha=args.lora_alpha, noise_schedule=args.noise_schedule)
     data = load_builtin("digits", 16, random_flip=False)
     x0 = torch.stack([data[i][0] for i in range(len(data))])
     labels = torch.as_tensor(data.labels)
-    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule="cosine")
+    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule=args.noise_schedule)
     gen = torch.Generator().manual_seed(args.seed)
     result = {}
     for t in timesteps:
@@ -212,6 +250,7 @@ def noisy_accuracy(method: str, paths, args, timesteps=NOISY_TIMESTEPS) -> dict:
     return result
 
 
-__all__ = ["MODEL", "CLASSIFIER", "DATA", "RESNET", "demo_defaults", "benchmark_defaults", "run_script",
-           "run_stage", "train_argv", "judge", "judge_self_check", "train_guides", "sample_with", "noisy_accuracy",
-           "trainable_parameters", "expert_paths"]
+__all__ = ["MODEL", "CLASSIFIER", "DATA", "RESNET", "demo_defaults", "benchmark_defaults", "ppap_row_settings",
+           "run_script", "run_stage", "train_argv", "train_diffusion_model", "train_judge", "judge",
+           "judge_self_check", "train_guides", "sample_with", "noisy_accuracy", "trainable_parameters",
+           "expert_paths"]

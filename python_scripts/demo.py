@@ -39,8 +39,9 @@ import time
 import torch
 
 from guided_diffusion.cli import run_cli
-from guided_diffusion.digits_demo import (CLASSIFIER, MODEL, benchmark_defaults, demo_defaults, judge,
-                                          judge_self_check, run_stage, sample_with, train_argv, train_guides)
+from guided_diffusion.digits_demo import (CLASSIFIER, MODEL, demo_defaults, judge, judge_self_check,
+                                          ppap_row_settings, run_stage, sample_with, train_argv,
+                                          train_diffusion_model, train_guides, train_judge)
 from guided_diffusion.files import atomic_write_bytes, write_json
 from guided_diffusion.script_util import add_dict_to_argparser
 from guided_diffusion.train import latest_checkpoint
@@ -67,48 +68,42 @@ def main(argv=None) -> None:
     out = os.path.abspath(args.out_dir)
     os.makedirs(out, exist_ok=True)
     print(f"demo output: {out}", flush=True)
-    folders = {k: os.path.join(out, k) for k in ("diffusion", "classifier", "judge", "unguided", "guided")}
-    steps = {"diffusion": args.diffusion_steps_train, "classifier": args.classifier_steps,
-             "judge": args.judge_steps}
-    final = {k: os.path.join(folders[k], f"model{steps[k]:06d}.pt") for k in steps}
+    folders = {k: os.path.join(out, k) for k in ("classifier", "unguided", "guided")}
+    classifier = os.path.join(folders["classifier"], f"model{args.classifier_steps:06d}.pt")
     seconds = {}
 
-    seconds["diffusion"] = run_stage(
-        f"1 training the diffusion model ({steps['diffusion']} steps)", "image_train",
-        train_argv(args, folders["diffusion"], steps["diffusion"],
-                   MODEL + ["--lr", args.diffusion_lr, "--ema_rate", args.ema_rate]), final["diffusion"])
+    start = time.perf_counter()
+    ema = train_diffusion_model(args, out)  # 1: the x0-predicting UNet, cosine schedule
+    seconds["diffusion"] = time.perf_counter() - start
     seconds["classifier"] = run_stage(
-        f"2 training the noisy classifier ({steps['classifier']} steps)", "classifier_train",
-        train_argv(args, folders["classifier"], steps["classifier"], CLASSIFIER + ["--lr", 1e-3]),
-        final["classifier"])
-    seconds["judge"] = run_stage(
-        f"3 training the clean classifier that judges the samples ({steps['judge']} steps)", "classifier_train",
-        train_argv(args, folders["judge"], steps["judge"], CLASSIFIER + ["--lr", 1e-3, "--noised", "False"]),
-        final["judge"])
+        f"2 training the noisy classifier ({args.classifier_steps} steps)", "classifier_train",
+        train_argv(args, folders["classifier"], args.classifier_steps, CLASSIFIER + ["--lr", 1e-3]), classifier)
+    start = time.perf_counter()
+    judge_path = train_judge(args, out)  # 3
+    seconds["judge"] = time.perf_counter() - start
 
-    ema = os.path.join(folders["diffusion"], f"ema_{float(args.ema_rate)}_{steps['diffusion']:06d}.pt")
     report = {"flags": vars(args), "samples": {}, "seconds": seconds}
     for i, (name, scale) in enumerate((("unguided", 0.0), ("guided", args.classifier_scale))):
         npz = os.path.join(folders[name], f"samples_{args.num_samples}x16x16x3.npz")
         sample_argv = MODEL + CLASSIFIER + [
-            "--model_path", ema, "--classifier_path", final["classifier"], "--classifier_scale", scale,
+            "--model_path", ema, "--classifier_path", classifier, "--classifier_scale", scale,
             "--num_samples", args.num_samples, "--batch_size", args.num_samples, "--seed", args.seed,
             "--timestep_respacing", args.timestep_respacing, "--use_ddim", "True", "--log_path", folders[name]]
         seconds[name] = run_stage(f"4.{1 + i} sampling {name} (classifier scale {scale})", "classifier_sample",
                                   sample_argv, npz)
-        report["samples"][name] = {**judge(final["judge"], npz), "guidance": f"classifier scale {scale}",
+        report["samples"][name] = {**judge(judge_path, npz), "guidance": f"classifier scale {scale}",
                                    "npz": os.path.relpath(npz, out)}
     if args.ppap_row:
         npz, seconds["ppap"] = ppap_row(args, out, ema)
-        report["samples"]["ppap"] = {**judge(final["judge"], npz), "guidance": f"classifier scale {args.ppap_scale}",
+        report["samples"]["ppap"] = {**judge(judge_path, npz), "guidance": f"classifier scale {args.ppap_scale}",
                                      "npz": os.path.relpath(npz, out)}
     if args.vdpm_row:
         start = time.perf_counter()
         for w, npz in vdpm_rows(args, out).items():
-            report["samples"][f"vdpm w={w:g}"] = {**judge(final["judge"], npz), "guidance": f"CFG w={w:g}",
+            report["samples"][f"vdpm w={w:g}"] = {**judge(judge_path, npz), "guidance": f"CFG w={w:g}",
                                                   "npz": os.path.relpath(npz, out)}
         seconds["vdpm"] = time.perf_counter() - start
-    report["judge_accuracy"] = judge_self_check(final["judge"], out)
+    report["judge_accuracy"] = judge_self_check(judge_path, out)
     write_report(out, report)
 
     print("\n== report")
@@ -149,11 +144,7 @@ def vdpm_rows(args, out: str) -> dict:
 def ppap_row(args, out: str, ema: str):
     """PPAP on a demo budget, in ``<out>/ppap_demo``: returns the guided npz and the seconds taken."""
     start = time.perf_counter()
-    bench = benchmark_defaults()
-    bench.update(batch_size=args.batch_size, seed=args.seed, num_samples=args.num_samples,
-                 timestep_respacing=args.timestep_respacing, clean_steps=args.ppap_clean_steps,
-                 num_generated=args.ppap_num_generated, ppap_iterations=args.ppap_iterations)
-    bench = argparse.Namespace(**bench)
+    bench = ppap_row_settings(args)
     root = os.path.join(out, "ppap_demo")
     guides = train_guides(bench, root, ema, ["ppap"], label="PPAP row")
     npz, _ = sample_with(bench, root, ema, "ppap", guides["ppap"], args.ppap_scale)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from guided_diffusion.adm.sampling import guide_schedule
 from guided_diffusion.guidance import GradientGuidedDenoiser, classifier_guide
@@ -15,6 +14,7 @@ from guided_diffusion.ppap import ExpertRanges, FullExpertSet
 from guided_diffusion.samplers import sample_ddim
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.toy import GaussianMixture
+from test_guides import Expert as RecordingExpert  # a linear classifier that logs each call
 
 T = 1000
 MIX = GaussianMixture([0.5, 0.5], [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.3])
@@ -48,19 +48,6 @@ def adm_spacing(respacing: str) -> list:
     count = int(respacing)
     frac_stride = (T - 1) / (count - 1)
     return sorted({round(i * frac_stride) for i in range(count)})
-
-
-class RecordingExpert(nn.Module):
-    """A linear classifier of the 2-d toy data that logs each call."""
-
-    def __init__(self, index: int, log: list):
-        super().__init__()
-        self.index, self.log = index, log
-        self.weight = nn.Parameter(torch.randn(3, 2, generator=torch.Generator().manual_seed(index)))
-
-    def forward(self, x):
-        self.log.append(self.index)
-        return x.reshape(len(x), -1).float() @ self.weight.T
 
 
 def guided_table(respacing: str, n: int, routing) -> list:

@@ -50,9 +50,11 @@ from guided_diffusion.train import latest_checkpoint
 def write_report(out_dir: str, report: dict) -> None:
     write_json(report, os.path.join(out_dir, "report.json"))
     lines = ["# Demo report: classifier guidance on the built-in digits", "",
-             "| samples | target labels | accuracy (clean classifier) | npz |", "|---|---|---|---|"]
+             "| samples | target labels | accuracy (clean classifier) | npz | samples |", "|---|---|---|---|---|"]
     for name, r in report["samples"].items():
-        lines.append(f"| {name} ({r['guidance']}) | uniform random | {100 * r['accuracy']:.1f}% | {r['npz']} |")
+        grid = r["npz"][:-len(".npz")] + "_grid.png"
+        lines.append(f"| {name} ({r['guidance']}) | uniform random | {100 * r['accuracy']:.1f}% | {r['npz']} | "
+                     f"![{name}]({grid}) |")
     lines += ["", f"Chance is 10%. The clean classifier scores {100 * report['judge_accuracy']:.1f}% on the "
               "training digits themselves.", "", f"Stage times (s): {report['seconds']}"]
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), os.path.join(out_dir, "report.md"))

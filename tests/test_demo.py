@@ -31,7 +31,9 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     for stage in ("diffusion", "classifier", "judge"):
         assert (out / stage / "model000008.pt").is_file() and (out / stage / "flags.json").is_file()
     assert "class accuracy" in first.stdout and "chance is 10%" in first.stdout
-    assert "| guided (classifier scale 4.0) |" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "| guided (classifier scale 4.0) |" in report_md
+    assert "![guided](guided/samples_6x16x16x3_grid.png)" in report_md  # a picture per row
     assert sorted(p.name for p in (out / "ppap_demo" / "ppap").glob("?_max5.ckpt")) == [
         f"{i}_max5.ckpt" for i in range(5)]
 

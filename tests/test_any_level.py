@@ -148,16 +148,18 @@ def test_ddim_on_each_familys_own_grid_converges_at_first_order():
         assert 4 * 0.8 < errors[0] / errors[1] < 4 * 1.5, errors
 
 
-def test_heun_with_churn_recovers_the_data_law():
-    """EDM's stochastic sampler (S_churn 40: gamma = sqrt(2) - 1 at 18 steps) samples N(mu, C): the mean within
-    4 standard errors and the covariance within its O(1/steps) discretisation bias, which shrinks from 18 to
-    64 steps at least at first order; the churn noise is drawn through noise_fn, so the runs are seeded."""
+@pytest.mark.parametrize("name", ["adm_discrete", "continuous_v", "analytic_ve"])
+def test_heun_with_churn_recovers_the_data_law(name):
+    """EDM's stochastic sampler (S_churn 40: gamma = sqrt(2) - 1 at 18 steps) samples N(mu, C) on every family:
+    the mean within 4 standard errors and the covariance within its O(1/steps) discretisation bias, which
+    shrinks from 18 to 64 steps at least at first order; the churn noise is drawn through noise_fn, so the runs
+    are seeded."""
     n = 20000
     bias = {}
     for steps in (18, 64):
         trajectory = Trajectory.karras(steps, 0.02, 80.0)
         gen = torch.Generator().manual_seed(2)
-        out = sample_heun(ORACLE.denoiser(), trajectory, start(n, 1) * trajectory.prior_std, s_churn=40,
+        out = sample_heun(denoisers()[name], trajectory, start(n, 1) * trajectory.prior_std, s_churn=40,
                           noise_fn=lambda z: torch.randn(z.shape, generator=gen, dtype=z.dtype))
         samples = out.reshape(n, 2).numpy()
         se_mean = np.sqrt(np.diag(COV) / n)

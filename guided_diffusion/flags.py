@@ -115,14 +115,7 @@ def read_flags_beside(path: Union[str, Path]) -> Optional[Dict]:
     f = os.path.join(os.path.dirname(os.path.abspath(path)), "flags.json")
     if not os.path.isfile(f):
         return None
-    try:
-        with open(f) as fh:
-            flags = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{f} is not valid JSON ({exc}); fix or remove it") from exc
-    if not isinstance(flags, dict):
-        raise ValueError(f"{f} holds a {type(flags).__name__}, not a JSON object of flags")
-    return flags
+    return read_config_file(f, hint="; fix or remove it")
 
 
 def merge_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Optional[Sequence[str]], *,
@@ -169,11 +162,10 @@ def resolve_config_path(name_or_path: Union[str, Path], config_dir: Optional[Uni
                             + (f"Available: {', '.join(names)}" if names else ""))
 
 
-def load_config(name_or_path: Union[str, Path], config_dir: Optional[Union[str, Path]] = None,
-                flag: str = "--config") -> Dict:
-    """A config file as a flat dict of flag names (dashes read as underscores): its sections merge, a name
-    set twice is an error, a top-level "comment" is dropped."""
-    path = resolve_config_path(name_or_path, config_dir, flag)
+def read_config_file(path: Union[str, Path], hint: str = "") -> Dict:
+    """A JSON or YAML file of flags (a config, a flags.json) as its top-level object, sections kept; bad
+    syntax is an error that names the file (``hint`` is appended to it)."""
+    path = Path(path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml  # only YAML configs need it
@@ -181,14 +173,23 @@ def load_config(name_or_path: Union[str, Path], config_dir: Optional[Union[str, 
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ValueError(f"config {path} is not valid YAML: {exc}") from None
+            raise ValueError(f"{path} is not valid YAML: {exc}{hint}") from None
     else:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"config {path} is not valid JSON: {exc}") from None
+            raise ValueError(f"{path} is not valid JSON: {exc}{hint}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold an object of flags, not a {type(raw).__name__}")
+        raise ValueError(f"{path} must hold an object of flags, not a {type(raw).__name__}{hint}")
+    return raw
+
+
+def load_config(name_or_path: Union[str, Path], config_dir: Optional[Union[str, Path]] = None,
+                flag: str = "--config") -> Dict:
+    """A config file as a flat dict of flag names (dashes read as underscores): its sections merge, a name
+    set twice is an error, a top-level "comment" is dropped."""
+    path = resolve_config_path(name_or_path, config_dir, flag)
+    raw = read_config_file(path)
     flat: Dict = {}
     for key, value in raw.items():
         items = value.items() if isinstance(value, dict) else [(key, value)]
@@ -202,4 +203,4 @@ def load_config(name_or_path: Union[str, Path], config_dir: Optional[Union[str, 
 
 
 __all__ = ["str2bool", "add_dict_to_argparser", "typed_dests", "apply_flag_values", "read_flags_beside",
-           "merge_flags", "resolve_config_path", "load_config", "SPELLINGS"]
+           "merge_flags", "resolve_config_path", "read_config_file", "load_config", "SPELLINGS"]

@@ -41,7 +41,6 @@ Versions. Where the original's 2023 code (b71efc7, the one its README's commands
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -49,7 +48,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..data import VDPM_DATASET_INFO
-from ..flags import load_config, resolve_config_path
+from ..flags import load_config, read_config_file, resolve_config_path
 from ..models.checkpoints import (CheckpointMismatchError, load_state_dict_checked, read_checkpoint_file,
                                   strip_module_prefix)
 from ..models.vdpm_unet import VDiffusionUNet
@@ -73,15 +72,6 @@ def dataset_config_name(dataset: str, use_cfg: bool) -> Optional[str]:
     """The config the original uses for ``dataset`` (None: it ships none, e.g. for MNIST and the digits)."""
     pair = DATASET_CONFIGS.get(dataset)
     return None if pair is None else pair[bool(use_cfg)]
-
-
-def _raw_sections(path: Path) -> Dict:
-    """The top level of a config file (only its section names are read here)."""
-    if path.suffix in (".yaml", ".yml"):
-        import yaml  # only YAML configs need it
-
-        return yaml.safe_load(path.read_text()) or {}
-    return json.loads(path.read_text())
 
 
 def _translate(flat: Mapping, source: str, check: bool, notes: List[str]) -> Dict:
@@ -116,7 +106,7 @@ def read_config(name_or_path: Union[str, Path], config_dir: Optional[Union[str, 
     path = resolve_config_path(name_or_path, config_dir, flag)
     notes: List[str] = []
     flat = _translate(load_config(path, flag=flag), str(path), True, notes)
-    is_2023 = "denoise" in _raw_sections(path)
+    is_2023 = "denoise" in read_config_file(path)  # its sections
     # A config naming its arch is this package's (its gaps keep the script's defaults); the original's
     # 2024 configs are completed from its defaults file.
     if defaults and not is_2023 and "arch" not in flat:

@@ -4,7 +4,10 @@ Prints, for a UNet (default: 64x64, attention at resolutions 16 and 8) and a noi
 - forward throughput in images/s;
 - the sampler overhead ratio: DDIM-25 time / 25 forward passes (1.0 = the sampler costs nothing);
 - the guidance overhead ratio: classifier-guided DDIM-25 time / (25 forwards + 25 classifier
-  forward+backward passes).
+  forward+backward passes);
+- the samplers' own cost per step, measured with stand-in networks that cost nothing (the network returns
+  zeros, the classifier is linear in x), and the ratios it implies (1 + own cost / network cost): a bound
+  that does not move with the machine's load, unlike the wall-time ratios on a shared machine.
 
 Weights are random: speed does not depend on them. Each measure is the median of --repeats rounds; the
 baselines are loops of 25 passes, timed in alternation with the samplers.
@@ -63,6 +66,24 @@ def timed_rounds(tasks: dict, device: str, repeats: int) -> dict:
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def samplers_own_cost(diffusion, shape, out_channels: int, device: str, num_classes: int, repeats: int = 7) -> tuple:
+    """Seconds per step of DDIM, plain and classifier-guided, around networks that cost nothing: the
+    sampler's own arithmetic, level bookkeeping and guidance plumbing (median of ``repeats`` runs)."""
+    weight = torch.zeros((), device=device, requires_grad=True)
+    model = lambda x, t, y=None: torch.zeros(x.shape[0], out_channels, *x.shape[2:], device=x.device)  # noqa: E731
+    classifier = lambda x, t: weight * x.mean((1, 2, 3))[:, None] + torch.zeros(  # noqa: E731
+        x.shape[0], num_classes, device=x.device)
+    cond_fn = classifier_cond_fn(classifier, scale=1.0)
+    noise = torch.randn(*shape, device=device)
+    y = torch.zeros(shape[0], dtype=torch.long, device=device)
+    medians = timed_rounds({
+        "ddim": lambda: diffusion.ddim_sample_loop(model, shape, noise=noise, device=device),
+        "guided": lambda: diffusion.ddim_sample_loop(model, shape, noise=noise, device=device, cond_fn=cond_fn,
+                                                     model_kwargs={"y": y}),
+    }, device, repeats)
+    return medians["ddim"] / diffusion.num_timesteps, medians["guided"] / diffusion.num_timesteps
 
 
 def describe_machine(device: str) -> str:
@@ -128,6 +149,8 @@ def main() -> None:
     }, device, args.repeats)
     t_forward, t_classifier = medians["forwards"] / steps, medians["classifier"] / steps
     t_ddim, t_guided = medians["ddim"], medians["guided"]
+    own_ddim, own_guided = samplers_own_cost(diffusion, shape, model.out_channels, device,
+                                             args.classifier_num_classes)
 
     results = {
         "machine": describe_machine(device),
@@ -142,6 +165,10 @@ def main() -> None:
         "sampler_overhead_ratio": t_ddim / (steps * t_forward),
         f"guided_ddim{steps}_s": t_guided,
         "guidance_overhead_ratio": t_guided / (steps * (t_forward + t_classifier)),
+        "sampler_own_ms_per_step": 1e3 * own_ddim,
+        "guided_sampler_own_ms_per_step": 1e3 * own_guided,
+        "sampler_overhead_ratio_from_own_cost": 1 + own_ddim / t_forward,
+        "guidance_overhead_ratio_from_own_cost": 1 + own_guided / (t_forward + t_classifier),
     }
     width = max(len(k) for k in results)
     for key, value in results.items():

@@ -9,6 +9,12 @@ import tempfile
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write) -> None:
     """Run ``write(file_object)`` on a temp file in the destination folder, fsync it, then rename.
 
@@ -19,6 +25,7 @@ def _atomic_write(path: str, write) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets open()'s mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -17,6 +17,7 @@ from guided_diffusion.train import (LossSecondMomentResampler, MixedPrecisionTra
                                     latest_checkpoint, linear_warmup_schedule, parse_ema_rates,
                                     parse_resume_step_from_filename, step_seed)
 from guided_diffusion.train.checkpointing import checkpoint_sets, prune_checkpoints
+from guided_diffusion.files import atomic_write_bytes
 from script_runs import TINY_TRAIN, import_script
 
 
@@ -430,6 +431,20 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(os.listdir(tmp_path)) == ["model000001.pt"]  # no temp files, no new name
     torch.testing.assert_close(torch.load(path, weights_only=True)["w"], torch.ones(3))  # old file intact
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask_as_open_does(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_save({"w": torch.ones(1)}, str(tmp_path / "model.pt"))
+        atomic_write_bytes(b"x", str(tmp_path / "grid.png"))
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"model.pt": mode, "grid.png": mode, "plain.txt": mode}
 
 
 class _Diffusion:

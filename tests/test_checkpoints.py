@@ -389,6 +389,34 @@ def test_load_checkpoint_never_runs_code(tmp_path, monkeypatch):
     assert calls and calls[0].get("weights_only") is True
 
 
+@pytest.mark.parametrize("name,content,words", [
+    ("empty.pt", b"", ["is empty (0 bytes)"]),
+    ("truncated.pt", None, ["(300 bytes)", "truncated or in another format", "PytorchStreamReader"]),
+    ("notes.pt", b"hello", ["truncated or in another format"]),
+    ("garbage.pt", b"\x00\x01 not a pickle" * 8, ["truncated or in another format", "unpickling"]),
+])
+def test_a_file_that_is_no_checkpoint_is_named_and_not_called_unsafe(tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is None:
+        torch.save({"w": torch.ones(1000)}, tmp_path / "full.pt")
+        content = (tmp_path / "full.pt").read_bytes()[:300]
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as exc:
+        load_checkpoint(path, flag="--model_path")
+    message = str(exc.value)
+    for word in words + [name, "--model_path"]:
+        assert word in message, message
+    assert "could run code" not in message and "weights_only" not in message
+
+
+def test_an_unsafe_pickle_is_refused_without_suggesting_weights_only_false(tmp_path):
+    torch.save({"evil": _Payload(str(tmp_path / "mark.txt"))}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError) as exc:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "_leave_mark" in str(exc.value) and "state_dict" in str(exc.value)
+    assert "weights_only" not in str(exc.value)
+
+
 @pytest.mark.filterwarnings("ignore:attention_resolutions")  # fixture b asks for 8px attention at 32px
 def test_fixture_round_trip_through_the_checked_loader():
     path = _fixture_path("adm/adm_unet_b.pt")

@@ -95,6 +95,15 @@ def test_resume_checkpoint_that_does_not_match_the_flags(tmp_path, capsys):
     assert sorted(p.name for p in ckpt.parent.iterdir()) == before
 
 
+@pytest.mark.parametrize("content", [b"", b"<html>not found</html>"])
+def test_sample_from_a_file_that_is_no_checkpoint(tmp_path, capsys, content):
+    (tmp_path / "model.pt").write_bytes(content)
+    err = fails(capsys, image_sample.main, TINY_MODEL + ["--model_path", tmp_path / "model.pt", "--log_path",
+                                                        tmp_path / "s"], "model.pt", "--model_path")
+    assert "could run code" not in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_sample_without_model_path(tmp_path, capsys):
     fails(capsys, image_sample.main, TINY_MODEL + ["--log_path", tmp_path / "s"], "--model_path is required")
     assert not (tmp_path / "s").exists()

@@ -59,20 +59,43 @@ def read_checkpoint_file(path: Union[str, Path], map_location="cpu", *, flag: Op
     ``TORCH_SAFE_GLOBALS``), so a file can never run code on load; a refusal names the global and the fix.
     ``flag`` names the option the path came from, for the error when the file is missing."""
     path = Path(path)
+    how = flag or "--model_path (diffusion model) or --classifier_path (classifier)"
     if not path.is_file():
-        how = flag or "--model_path (diffusion model) or --classifier_path (classifier)"
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"checkpoint {str(path)!r} {what}; pass the checkpoint file with {how}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): it was never written completely; pass "
+                         f"a complete checkpoint with {how}")
     try:
         with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: [^\n]*", str(exc))
-        detail = f" ({found.group(0).strip()})" if found else ""
+        # torch names the refused global ("Unsupported global: GLOBAL m.f", "unsupported GLOBAL m.f whose
+        # module m is blocked"); any other unpickling failure means the bytes are not a pickle it can read.
+        found = re.search(r"[^\n]*unsupported global[^\n]*", str(exc), flags=re.IGNORECASE)
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+            raise _unreadable(path, exc, how, detail and f"unpickling: {detail.group(1).strip()}") from exc
         raise pickle.UnpicklingError(
             f"refusing to load {path}: it stores Python objects other than tensors and plain containers, and "
-            f"unpickling them could run code from the file{detail}. If you trust it, re-save just its state "
-            "dict (torch.save(model.state_dict(), ...)).") from exc
+            f"unpickling them could run code from the file ({found.group(0).strip()}). If it comes from a "
+            "source you trust, re-save just its state dict (torch.save(model.state_dict(), ...)) and pass "
+            "that file.") from exc
+    except (EOFError, KeyError) as exc:  # what torch's legacy reader raises on bytes that are no checkpoint
+        raise _unreadable(path, exc, how) from exc
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc):  # not the zip container: a device or storage problem
+            raise
+        raise _unreadable(path, exc, how) from exc
+
+
+def _unreadable(path: Path, exc: BaseException, how: str, reason: Optional[str] = None) -> ValueError:
+    """A file torch cannot read as a checkpoint at all: truncated, or another format."""
+    if reason is None:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0].strip() if str(exc).strip() else '-'}"
+    return ValueError(f"checkpoint {str(path)!r} ({path.stat().st_size:,} bytes) is not a readable torch "
+                      f"checkpoint: it is truncated or in another format ({reason[:120]}); pass a complete file "
+                      f"written by torch.save with {how}")
 
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu", *, flag: Optional[str] = None,

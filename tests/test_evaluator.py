@@ -84,6 +84,39 @@ def test_stored_reference_statistics_are_used_and_agree(batches, net):
     assert from_stats["num_reference_images"] == 100  # only arr_0 serves precision/recall
 
 
+def _bad_statistics(kind: str, dim: int):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(dim, 3 * dim))
+    sigma = a @ a.T / (3 * dim)
+    if kind == "asymmetric":
+        sigma[0, 1] += 0.5
+    elif kind == "negative":
+        sigma -= 2 * np.eye(dim) * np.linalg.eigvalsh(sigma)[-1]
+    elif kind == "nan":
+        sigma[2, 2] = np.nan
+    return {"mu": np.zeros(dim), "sigma": sigma}
+
+
+@pytest.mark.parametrize("kind,words", [("asymmetric", "not symmetric"), ("negative", "negative eigenvalue"),
+                                        ("nan", "non-finite")])
+def test_reference_statistics_that_cannot_be_are_refused_by_both_scripts(batches, net, tmp_path, capsys, kind,
+                                                                         words):
+    ref = tmp_path / f"{kind}.npz"
+    np.savez(ref, **_bad_statistics(kind, net.pool_dim))
+    out = tmp_path / "res.json"
+    runs = [(evaluator.main, [str(ref), str(batches["ours"]), "--feature_net", "tiny-random", "--out", str(out),
+                              "--progress", "false"]),
+            (fid_cli.main, ["calc", "--images", str(batches["ours"]), "--ref", str(ref), "--num", "50",
+                               "--feature_net", "tiny-random"])]
+    for main, argv in runs:
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(ref) in err and words in err and "rebuild" in err, err
+    assert not out.exists()
+
+
 def test_fid_grows_with_corruption(batches, net, tmp_path):
     clean = np.load(batches["by_hand"])["arr_0"]
     fids = []

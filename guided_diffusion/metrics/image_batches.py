@@ -115,7 +115,32 @@ class NpzBatch:
         if not self.has_stats:
             return None
         with np.load(self.path) as data:
-            return {k: data[k].astype(np.float64) for k in STAT_KEYS if k in data.files}
+            stats = {k: data[k].astype(np.float64) for k in STAT_KEYS if k in data.files}
+        for mean_key, cov_key in (("mu", "sigma"), ("mu_s", "sigma_s")):
+            if cov_key in stats:
+                problem = gaussian_statistics_problem(stats.get(mean_key), stats[cov_key])
+                if problem:
+                    raise BatchFormatError(f"{self.path}: its {mean_key}/{cov_key} cannot be the statistics of "
+                                           f"any features ({problem}); rebuild the reference from its images")
+        return stats
+
+
+def gaussian_statistics_problem(mean: Optional[np.ndarray], cov: np.ndarray) -> Optional[str]:
+    """What makes (mean, cov) impossible as a feature mean and covariance, or None: non-finite entries, shapes
+    that do not fit, an asymmetric matrix or eigenvalues below zero beyond rounding (1e-5 of the largest)."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        return f"the covariance has shape {cov.shape}, not square"
+    if mean is None or mean.shape != (cov.shape[0],):
+        return f"the mean has shape {None if mean is None else mean.shape}, the covariance {cov.shape}"
+    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+        return "non-finite entries"
+    scale = max(float(np.abs(cov).max()), 1e-300)
+    if np.abs(cov - cov.T).max() > 1e-6 * scale:
+        return f"the covariance is not symmetric (largest |S - S^T| {np.abs(cov - cov.T).max():.3g})"
+    eig = np.linalg.eigvalsh(cov)
+    if eig[0] < -1e-5 * max(eig[-1], 0.0) or eig[-1] < 0:
+        return f"the covariance has a negative eigenvalue ({eig[0]:.3g}; largest {eig[-1]:.3g})"
+    return None
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:

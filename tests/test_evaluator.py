@@ -242,6 +242,17 @@ def test_class_accuracy_of_samples(tmp_path, capsys):
         run_cli(class_acc_cli.main, [str(tmp_path / "nolabels.npz"), "--classifier_path",
                                      str(tmp_path / "clf" / "model000001.pt")])
     assert "arr_1" in capsys.readouterr().err
+    for name, bad, words in [("negative", np.where(np.arange(32) == 3, -1, labels), "not classes of this classifier"),
+                             ("beyond", labels + 10, "it has 10: 0..9"),
+                             ("float", labels + 0.5, "not class indices")]:
+        np.savez(tmp_path / f"{name}.npz", imgs, bad)  # arr_1 as given (write_npz would cast it)
+        with pytest.raises(SystemExit) as exc:
+            run_cli(class_acc_cli.main, [str(tmp_path / f"{name}.npz"), "--classifier_path",
+                                         str(tmp_path / "clf" / "model000001.pt"), "--out", str(tmp_path / "x.json")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{name}.npz" in err and words in err, err
+        assert not (tmp_path / "x.json").exists()
 
 
 def test_clip_score_from_a_local_tiny_open_clip(tmp_path):

@@ -143,6 +143,11 @@ def make_batch_sampler(denoiser: Denoiser, trajectory: Trajectory, sampler: Call
                       progress=progress)
         if decode is not None:
             out = decode(out)
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise ValueError(f"sampling seeds {seeds[0]}..{seeds[-1]} gave {bad:,} non-finite values of "
+                             f"{out.numel():,} (as images they would be black): check the checkpoint for NaN or inf "
+                             "weights and the guidance scale and sampler flags; nothing was written for these seeds")
         images = to_images(out)
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)

@@ -104,6 +104,21 @@ def test_sample_from_a_file_that_is_no_checkpoint(tmp_path, capsys, content):
     assert not (tmp_path / "s").exists()
 
 
+def test_sample_from_nan_weights_stops_before_writing_images(tmp_path, capsys):
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+    flags = model_and_diffusion_defaults()
+    flags.update(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
+                 num_head_channels=16, diffusion_steps=100)
+    model, _ = create_model_and_diffusion(**flags)
+    state = model.state_dict()
+    state["out.2.weight"] = torch.full_like(state["out.2.weight"], float("nan"))
+    torch.save(state, tmp_path / "model.pt")
+    argv = TINY_MODEL + ["--model_path", tmp_path / "model.pt", "--num_samples", 4, "--batch_size", 4,
+                         "--timestep_respacing", "5", "--progress", "False", "--log_path", tmp_path / "s"]
+    fails(capsys, image_sample.main, argv, "non-finite", "NaN or inf weights", "seeds 0..3")
+    assert not list((tmp_path / "s").glob("*.npz")) and not list((tmp_path / "s").glob("*.png"))
+
+
 def test_sample_without_model_path(tmp_path, capsys):
     fails(capsys, image_sample.main, TINY_MODEL + ["--log_path", tmp_path / "s"], "--model_path is required")
     assert not (tmp_path / "s").exists()

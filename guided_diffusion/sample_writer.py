@@ -88,10 +88,11 @@ def _done_seeds(shard_dir: str) -> Dict[int, str]:
 
 
 def _check_identity(shard_dir: str, identity: Dict) -> None:
-    """Shards from another configuration must not be mixed in: refuse with the fix."""
+    """Shards from another configuration must not be mixed in: refuse with the fix. A folder that holds no
+    shard yet (a run that failed before its first batch) takes the new configuration."""
     path = os.path.join(shard_dir, "config.json")
     ident = json.loads(json.dumps(identity, sort_keys=True, default=str))
-    if os.path.isfile(path):
+    if os.path.isfile(path) and glob.glob(os.path.join(shard_dir, "shard_*.npz")):
         with open(path) as f:
             old = json.load(f)
         if old != ident:

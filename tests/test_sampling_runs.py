@@ -96,15 +96,32 @@ def test_interrupted_sampling_resumes_to_the_same_npz(tmp_path, sampler):
 
 
 def test_shards_of_other_flags_are_refused(tmp_path, sampler):
-    def stop(chunk):
-        raise KeyboardInterrupt
+    def stop_after_one(chunk):
+        if chunk != [0]:
+            raise KeyboardInterrupt
+        return sampler(chunk)
 
     with pytest.raises(KeyboardInterrupt):
-        run_seeded_sampling(stop, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
+        run_seeded_sampling(stop_after_one, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
                             identity={"classifier_scale": 1.0}, progress=False)
     with pytest.raises(ValueError, match="classifier_scale"):
         run_seeded_sampling(sampler, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
                             identity={"classifier_scale": 2.0}, progress=False)
+    final = run_seeded_sampling(sampler, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
+                                identity={"classifier_scale": 1.0}, progress=False)
+    assert np.load(final)["arr_0"].shape == (2, 8, 8, 3)
+
+
+def test_a_run_that_failed_before_its_first_batch_does_not_block_the_corrected_command(tmp_path, sampler):
+    def fail(chunk):
+        raise ValueError("bad flag")
+
+    with pytest.raises(ValueError, match="bad flag"):
+        run_seeded_sampling(fail, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
+                            identity={"classifier_scale": float("nan")}, progress=False)
+    final = run_seeded_sampling(sampler, seeds=[0, 1], batch_size=1, out_dir=str(tmp_path), image_shape=(8, 8),
+                                identity={"classifier_scale": 2.0}, progress=False)
+    assert np.load(final)["arr_0"].shape == (2, 8, 8, 3)
 
 
 def test_repeated_seeds_are_refused(tmp_path, sampler):

@@ -1,6 +1,6 @@
 """Demo: train a diffusion model and a noisy classifier on the built-in digits, then guide the sampler.
 
-On a 2-core CPU it takes about nine minutes, with no download. Each stage is one of the ordinary
+On a 2-core CPU it takes about fourteen minutes, with no download. Each stage is one of the ordinary
 scripts run as its own process with its usual flags:
 
 1. ``image_train.py``: a small unconditional diffusion UNet on 16x16 digits. It predicts x0

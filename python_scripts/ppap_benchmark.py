@@ -1,7 +1,7 @@
 """PPAP on the built-in digits: naive, finetune, multi-experts and PPAP guidance of one unconditional model,
 in the paper's noise regime and on equal terms.
 
-    python python_scripts/ppap_benchmark.py            # about 75 minutes on a 2-core CPU
+    python python_scripts/ppap_benchmark.py            # about 55 minutes on a 2-core CPU
 
 1. a diffusion model with the **linear** noise schedule of the paper's ADM model (the demo's cosine schedule
    keeps SNR above 1 until t = 496, where a clean classifier still reads the digits, which flatters naive

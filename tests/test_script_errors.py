@@ -79,15 +79,19 @@ def test_resume_checkpoint_that_does_not_exist(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_checkpoint_that_does_not_match_the_flags(tmp_path, capsys):
+def tiny_state_dict(num_channels: int) -> dict:
+    """Random weights of TINY_MODEL's UNet, with ``num_channels`` channels."""
     from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
     flags = model_and_diffusion_defaults()
-    flags.update(image_size=8, num_channels=64, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
-                 num_head_channels=16, diffusion_steps=100)
-    model, _ = create_model_and_diffusion(**flags)
+    flags.update(image_size=8, num_channels=num_channels, num_res_blocks=1, channel_mult="1,2",
+                 attention_resolutions="4", num_head_channels=16, diffusion_steps=100)
+    return create_model_and_diffusion(**flags)[0].state_dict()
+
+
+def test_resume_checkpoint_that_does_not_match_the_flags(tmp_path, capsys):
     ckpt = tmp_path / "old" / "model000010.pt"
     ckpt.parent.mkdir()
-    torch.save(model.state_dict(), ckpt)  # no flags.json beside it: the typed flags (32 channels) are used
+    torch.save(tiny_state_dict(64), ckpt)  # no flags.json beside it: the typed flags (32 channels) are used
     before = sorted(p.name for p in ckpt.parent.iterdir())
     fails(capsys, image_train.main, train_argv(tmp_path, "builtin:digits", "--resume_checkpoint", ckpt),
           "num_channels", "64")
@@ -105,12 +109,7 @@ def test_sample_from_a_file_that_is_no_checkpoint(tmp_path, capsys, content):
 
 
 def test_sample_from_nan_weights_stops_before_writing_images(tmp_path, capsys):
-    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-    flags = model_and_diffusion_defaults()
-    flags.update(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
-                 num_head_channels=16, diffusion_steps=100)
-    model, _ = create_model_and_diffusion(**flags)
-    state = model.state_dict()
+    state = tiny_state_dict(32)
     state["out.2.weight"] = torch.full_like(state["out.2.weight"], float("nan"))
     torch.save(state, tmp_path / "model.pt")
     argv = TINY_MODEL + ["--model_path", tmp_path / "model.pt", "--num_samples", 4, "--batch_size", 4,
